@@ -1,0 +1,216 @@
+"""`stride` command line. Every subcommand takes --workspace (or STRIDE_WORKSPACE; default ./workspace).
+
+Errors a user can cause print one line `error: ...` and exit with status 2; nothing is half-written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import StrideError
+
+logger = logging.getLogger("stride_core.cli")
+
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+
+
+def _ws(args):
+    from .workspace import Workspace, default_workspace
+
+    return Workspace(args.workspace or default_workspace())
+
+
+def _print_table(rows: list[dict], cols: list[str]):
+    if not rows:
+        print("(none)")
+        return
+    widths = {c: max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in cols}
+    print("  ".join(c.ljust(widths[c]) for c in cols))
+    for r in rows:
+        print("  ".join(_fmt(r.get(c)).ljust(widths[c]) for c in cols))
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    s = str(v)
+    return s if len(s) <= 60 else s[:57] + "..."
+
+
+# ---------------------------------------------------------------------------------------- corpus
+
+
+def cmd_corpus_import(args):
+    from .corpus import ImportOptions, import_corpus
+
+    info = import_corpus(_ws(args), args.path, args.name,
+                         ImportOptions(text_field=args.text_field, shard_size=args.shard_size, replace=args.replace))
+    print(f"imported corpus {info['name']!r}: {info['n_docs']} documents in {info['n_shards']} shard(s), "
+          f"{info['n_chars']} characters, {info['n_duplicates']} exact duplicates recorded, "
+          f"metadata columns {info['metadata_columns']}")
+
+
+def cmd_corpus_build_default(args):
+    from .pydocs import build_default_corpus
+
+    info = build_default_corpus(_ws(args), name=args.name, replace=args.replace)
+    print(f"corpus {info['name']!r}: {info['n_docs']} documents, {info['n_chars']} characters, "
+          f"{info['n_shards']} shard(s) in {_ws(args).db_path}")
+
+
+def cmd_corpus_list(args):
+    from .corpus import list_corpora
+
+    _print_table(list_corpora(_ws(args)), ["name", "format", "n_docs", "n_chars", "n_shards", "n_duplicates", "source_path"])
+
+
+def cmd_corpus_show(args):
+    from .corpus import corpus_info, load_documents
+
+    ws = _ws(args)
+    info = corpus_info(ws, args.name)
+    print(json.dumps({k: (str(v) if k == "created_at" else v) for k, v in info.items()}, indent=1))
+    df = load_documents(ws, args.name, limit=args.limit)
+    rows = df.to_dict("records")
+    for r in rows:
+        r["text"] = " ".join(str(r["text"]).split())
+    _print_table(rows, ["doc_id", "shard", "n_chars", *info["metadata_columns"][:3], "text"])
+
+
+# ----------------------------------------------------------------------------------------- model
+
+
+def cmd_model_train_tiny(args):
+    from .models import resolve_device
+    from .tiny_model import TinyModelArgs, train_tiny
+
+    targs = TinyModelArgs.preset(args.preset)
+    m = train_tiny(_ws(args), args.corpus, args.out, targs, progress=not args.no_progress, device=resolve_device(args.device))
+    print(f"saved model to {args.out}: {m['n_params']} parameters, {m['train_tokens']} training tokens, "
+          f"{m['seconds']:.0f}s")
+    print(f"validation loss {m['val_loss']:.3f} nats/token vs unigram baseline {m['unigram_val_loss']:.3f}")
+
+
+def cmd_model_check(args):
+    from .models import check_model_dir, load_model_and_tokenizer
+
+    cfg = check_model_dir(args.path)
+    model, tok = load_model_and_tokenizer(args.path)
+    n = sum(p.numel() for p in model.parameters())
+    print(f"ok: {cfg.get('model_type')} with {n} parameters, vocab {len(tok)}, "
+          f"{model.config.num_hidden_layers} layers, context {getattr(model.config, 'max_position_embeddings', None) or getattr(model.config, 'n_positions', None)}")
+
+
+# ------------------------------------------------------------------------------------------ demo
+
+
+def cmd_demo(args):
+    from .demo import run_demo
+
+    run_demo(_ws(args), preset=args.preset, device=args.device, progress=not args.no_progress)
+
+
+# ------------------------------------------------------------------------------------------ main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--workspace", default=argparse.SUPPRESS, help="workspace folder (default: $STRIDE_WORKSPACE or ./workspace)")
+    common.add_argument("--no-progress", action="store_true", default=argparse.SUPPRESS, help="hide progress bars")
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging and tracebacks")
+
+    p = argparse.ArgumentParser(prog="stride", description="STRIDE training-data attribution: corpora, models, runs, audits and the dashboard.")
+    p.add_argument("--version", action="version", version=f"stride {__version__}")
+    p.add_argument("--workspace", default=None, help="workspace folder (default: $STRIDE_WORKSPACE or ./workspace)")
+    p.add_argument("--no-progress", action="store_true", default=False, help="hide progress bars")
+    p.add_argument("-v", "--verbose", action="store_true", default=False, help="debug logging and tracebacks")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    # corpus
+    pc = sub.add_parser("corpus", help="import, build, list and show corpora", parents=[common])
+    sc = pc.add_subparsers(dest="corpus_command", metavar="ACTION", required=True)
+    x = sc.add_parser("import", help="import JSONL / Parquet / CSV / a folder of .txt/.md files", parents=[common])
+    x.add_argument("path")
+    x.add_argument("--name", required=True)
+    x.add_argument("--text-field", default="text", help="column holding the document text (default: text)")
+    x.add_argument("--shard-size", type=int, default=1000, help="documents per shard (default: 1000)")
+    x.add_argument("--replace", action="store_true", help="replace an existing corpus of the same name")
+    x.set_defaults(func=cmd_corpus_import)
+    x = sc.add_parser("build-default", help='build the embedded "pydocs" corpus from the stdlib docs', parents=[common])
+    x.add_argument("--name", default="pydocs")
+    x.add_argument("--replace", action="store_true")
+    x.set_defaults(func=cmd_corpus_build_default)
+    x = sc.add_parser("list", help="list corpora in the workspace", parents=[common])
+    x.set_defaults(func=cmd_corpus_list)
+    x = sc.add_parser("show", help="show a corpus summary and its first documents", parents=[common])
+    x.add_argument("name")
+    x.add_argument("--limit", type=int, default=10)
+    x.set_defaults(func=cmd_corpus_show)
+
+    # model
+    pm = sub.add_parser("model", help="train the built-in tiny model, check a model folder", parents=[common])
+    sm = pm.add_subparsers(dest="model_command", metavar="ACTION", required=True)
+    x = sm.add_parser("train-tiny", help="train a BPE tokenizer + small GPT-2 on a corpus (HF format)", parents=[common])
+    x.add_argument("--corpus", required=True)
+    x.add_argument("--out", required=True)
+    x.add_argument("--preset", choices=["ci", "default"], default="default")
+    x.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    x.set_defaults(func=cmd_model_train_tiny)
+    x = sm.add_parser("check", help="validate and load a local Hugging Face causal-LM folder", parents=[common])
+    x.add_argument("path")
+    x.set_defaults(func=cmd_model_check)
+
+    # demo
+    x = sub.add_parser("demo", help="build the default corpus + model (and run STRIDE on the sample prompts)", parents=[common])
+    x.add_argument("--preset", choices=["ci", "default"], default="default")
+    x.add_argument("--device", default="auto")
+    x.set_defaults(func=cmd_demo)
+
+    for register in _extra_registrations():
+        register(sub, common)
+    return p
+
+
+def _extra_registrations():
+    """Subcommands that live in their own modules (pipeline, bench, audits, app)."""
+    from . import cli_ext
+
+    return cli_ext.REGISTRATIONS
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for name, default in (("workspace", None), ("no_progress", False), ("verbose", False)):
+        if not hasattr(args, name):
+            setattr(args, name, default)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("httpx", "urllib3", "filelock", "transformers", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    try:
+        args.func(args)
+    except StrideError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # unexpected: one line unless --verbose
+        if args.verbose:
+            raise
+        print(f"error: unexpected {type(exc).__name__}: {exc} (re-run with -v for a traceback)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""Safe loading of local Hugging Face causal LMs: safetensors only, never remote code, never a hub."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from .errors import ModelError
+
+logger = logging.getLogger(__name__)
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def check_model_dir(path: str | Path) -> dict:
+    """Validate a model directory without loading weights; returns its config dict."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise ModelError(f"model directory {p} does not exist (give a local Hugging Face model folder; nothing is downloaded)")
+    if not p.is_dir():
+        raise ModelError(f"{p} is a file: give the folder that holds config.json and *.safetensors")
+    cfg_path = p / "config.json"
+    if not cfg_path.exists():
+        raise ModelError(f"{p} has no config.json: not a Hugging Face model folder")
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{cfg_path} is not valid JSON ({exc})") from exc
+    if cfg.get("auto_map") or any(p.glob("*.py")):
+        raise ModelError(f"{p} needs custom code (auto_map / .py files); STRIDE never runs trust_remote_code models")
+    weights = list(p.glob("*.safetensors"))
+    if not weights:
+        pickled = [f.name for f in p.iterdir() if f.suffix in PICKLE_SUFFIXES]
+        if pickled:
+            raise ModelError(
+                f"{p} has only pickled weights ({', '.join(sorted(pickled)[:3])}); STRIDE loads safetensors only: "
+                "convert with `model.save_pretrained(dir, safe_serialization=True)` in a trusted environment"
+            )
+        raise ModelError(f"{p} has no *.safetensors weights")
+    return cfg
+
+
+def load_model_and_tokenizer(path: str | Path, device: str = "cpu", dtype=None):
+    """AutoModelForCausalLM + AutoTokenizer from a local folder, eval mode, on `device`."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    check_model_dir(path)
+    p = str(Path(path).expanduser())
+    try:
+        tok = AutoTokenizer.from_pretrained(p, local_files_only=True, trust_remote_code=False)
+    except Exception as exc:
+        raise ModelError(f"cannot load the tokenizer from {p}: {exc}") from exc
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            p, local_files_only=True, trust_remote_code=False, use_safetensors=True,
+            dtype=dtype or torch.float32,
+        )
+    except Exception as exc:
+        raise ModelError(f"cannot load a causal LM from {p}: {exc}") from exc
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model.to(device).eval()
+    return model, tok
+
+
+def resolve_device(device: str = "auto") -> str:
+    import torch
+
+    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
+        raise ModelError(f"unknown device {device!r}: use auto, cpu or cuda")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelError("--device cuda was requested but no CUDA device is available; use --device cpu or auto")
+    return device

@@ -1,0 +1,96 @@
+"""Workspace folder: the DuckDB store, run folders, default corpus/model locations.
+
+DuckDB allows one writing process per file. Every connection here is short-lived (open, work,
+close) and retried while another process holds the lock, so a running job never locks the
+dashboard out for longer than one short write.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import StrideError
+
+logger = logging.getLogger(__name__)
+
+DB_FILENAME = "stride.duckdb"
+_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$")
+
+
+def validate_name(name: str, what: str = "name") -> str:
+    """Corpus and run names become folder names and (quoted) table suffixes: keep them simple."""
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise StrideError(
+            f"invalid {what} {name!r}: use 1-64 letters, digits, '_' or '-', starting with a letter"
+        )
+    return name
+
+
+def default_workspace() -> Path:
+    return Path(os.environ.get("STRIDE_WORKSPACE", "workspace"))
+
+
+@dataclass(frozen=True)
+class Workspace:
+    root: Path
+
+    def __post_init__(self):
+        object.__setattr__(self, "root", Path(self.root).expanduser().resolve())
+
+    @property
+    def db_path(self) -> Path:
+        return self.root / DB_FILENAME
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.root / "runs"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.root / "jobs"
+
+    def run_dir(self, run: str) -> Path:
+        return self.runs_dir / validate_name(run, "run name")
+
+    def ensure(self) -> "Workspace":
+        for d in (self.root, self.runs_dir, self.models_dir, self.jobs_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        return self
+
+    @contextlib.contextmanager
+    def connect(self, read_only: bool = False, timeout_s: float = 60.0):
+        """Short-lived DuckDB connection, retried while another process holds the file lock."""
+        import duckdb
+
+        if read_only and not self.db_path.exists():
+            raise StrideError(f"workspace {self.root} has no database yet: import or build a corpus first")
+        if not read_only:
+            self.ensure()
+        deadline = time.monotonic() + timeout_s
+        delay = 0.05
+        while True:
+            try:
+                con = duckdb.connect(str(self.db_path), read_only=read_only)
+                break
+            except duckdb.IOException as exc:  # lock held by another process
+                if time.monotonic() > deadline:
+                    raise StrideError(
+                        f"the workspace database {self.db_path} stayed locked by another process for "
+                        f"{timeout_s:.0f}s: wait for the running job to finish and retry ({exc})"
+                    ) from exc
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+        try:
+            yield con
+        finally:
+            con.close()
