@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 app: $(STAMP)
-	$(BIN)/stride --workspace $(WORKSPACE) app
+	$(BIN)/stride --workspace $(WORKSPACE) demo
 
 demo: $(STAMP)
 	$(BIN)/stride --workspace $(WORKSPACE) demo
