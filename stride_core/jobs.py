@@ -1,0 +1,557 @@
+"""Background jobs: start, watch and cancel STRIDE runs as detached processes.
+
+The dashboard never runs heavy work in its own process. `start_job` writes the prompts and a
+`queued` status into `runs/<run>/`, then launches
+
+    python -m stride_core.jobs exec --workspace W --run RUN [--ensure-corpus pydocs] [--ensure-model PRESET] -- CMD...
+
+in a new session (its own process group, so `cancel_job` can kill the whole tree), with stdout and
+stderr going to `runs/<run>/job.log`. That small wrapper optionally builds the default corpus and
+built-in model first, then runs CMD (normally `python -m stride_core.cli --workspace W run ...`) and,
+when CMD exits without having written a terminal state to `status.json`, records `failed` (or `done`
+for exit code 0) with the tail of the log. A job killed so hard that even the wrapper could not write
+(SIGKILL, OOM, reboot) is detected by readers: `list_runs` reports a `queued`/`running` status whose
+process is gone as `failed`, with the log tail.
+
+Everything here reads and writes files in the run folder only: no DuckDB connection, so listing runs
+never waits on the database lock a running job may hold.
+
+Files in a run folder written here: `job.json` (what was requested, the command, pid and process start
+time), `prompts.jsonl` (one {"prompt_id", "prompt"} object per line), `job.log`, and `status.json`
+(through `stride_core.progress`). The engine writes `args.json`, `provenance.json`, `status.json` and
+its results (`attributions.parquet`, later `contamination.parquet`, `selection.parquet`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from .errors import InputError, RunError
+from .progress import RunStatus, read_status, write_status
+from .workspace import Workspace, validate_name
+
+logger = logging.getLogger(__name__)
+
+JOB_FILE = "job.json"
+LOG_FILE = "job.log"
+PROMPTS_FILE = "prompts.jsonl"
+TERMINAL_STATES = ("done", "failed", "cancelled")
+ACTIVE_STATES = ("queued", "running")
+RESULT_FILES = {
+    "attributions": "attributions.parquet",
+    "contamination": "contamination.parquet",
+    "selection": "selection.parquet",
+}
+PRESETS = ("ci", "default")
+MAX_PROMPTS = 10_000
+# A queued run whose launcher has not recorded a pid yet is given this long before it counts as dead.
+_QUEUED_GRACE_S = 30.0
+
+
+# ------------------------------------------------------------------------------------- prompts
+
+
+def parse_prompts_text(text: str) -> list[str]:
+    """One prompt per non-empty line (a .txt upload or the text area)."""
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def parse_prompts_jsonl(text: str, field: str = "prompt") -> list[dict]:
+    """JSONL prompts: each line an object with `field` (and optionally `prompt_id`)."""
+    out = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"line {lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from exc
+        if not isinstance(obj, dict) or not isinstance(obj.get(field), str):
+            raise InputError(f"line {lineno}: expected an object with a string field {field!r}")
+        if obj[field].strip():
+            rec = {"prompt": obj[field].strip()}
+            if obj.get("prompt_id") is not None:
+                rec["prompt_id"] = str(obj["prompt_id"])
+            out.append(rec)
+    return out
+
+
+def load_prompt_file(path: str | Path) -> list[dict]:
+    """Prompts from a .txt (one per line) or .jsonl (field `prompt`) file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read prompts from {p}: {exc}") from exc
+    if p.suffix.lower() in (".jsonl", ".ndjson", ".json"):
+        return parse_prompts_jsonl(text)
+    return [{"prompt": t} for t in parse_prompts_text(text)]
+
+
+def normalise_prompts(prompts) -> list[dict]:
+    """Strings or {"prompt", "prompt_id"?} dicts -> [{"prompt_id", "prompt"}] with unique ids."""
+    recs = []
+    for i, p in enumerate(prompts):
+        if isinstance(p, str):
+            rec = {"prompt": p}
+        elif isinstance(p, dict) and isinstance(p.get("prompt"), str):
+            rec = dict(p)
+        else:
+            raise InputError(f"prompt {i + 1} is neither a string nor an object with a 'prompt' string")
+        rec["prompt"] = rec["prompt"].strip()
+        if not rec["prompt"]:
+            continue
+        recs.append(rec)
+    if not recs:
+        raise InputError("the prompt list is empty: give at least one non-empty prompt")
+    if len(recs) > MAX_PROMPTS:
+        raise InputError(f"{len(recs)} prompts is more than the {MAX_PROMPTS} one run accepts: split them into several runs")
+    width = max(2, len(str(len(recs) - 1)))
+    seen = set()
+    out = []
+    for i, rec in enumerate(recs):
+        pid = str(rec.get("prompt_id") or f"q{i:0{width}d}")
+        if pid in seen:
+            pid = f"{pid}-{i}"
+        seen.add(pid)
+        out.append({"prompt_id": pid, "prompt": rec["prompt"]})
+    return out
+
+
+# ----------------------------------------------------------------------------------- processes
+
+
+def _proc_start_ticks(pid: int) -> int | None:
+    """Process start time (clock ticks since boot) from /proc; None where /proc is unavailable."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may contain spaces and parentheses: split after the last ')'.
+    fields = stat[stat.rfind(")") + 2:].split()
+    try:
+        return int(fields[19])  # field 22 overall
+    except (IndexError, ValueError):
+        return None
+
+
+def _proc_state(pid: int) -> str | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rfind(")") + 2:].split()[0]
+
+
+def job_alive(pid: int | None, start_ticks: int | None = None) -> bool:
+    """Whether process `pid` still runs (and is the same process, when its start time is known)."""
+    if not pid or pid <= 0:
+        return False
+    try:  # reap it if it is our own finished child (the dashboard launched it), so it is no zombie
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return False
+    except (ChildProcessError, OSError):
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    if _proc_state(pid) in ("Z", "X"):
+        return False
+    if start_ticks is not None:
+        now = _proc_start_ticks(pid)
+        if now is not None and now != start_ticks:
+            return False  # the pid was reused by another process
+    return True
+
+
+def log_tail(run_dir: Path, n_lines: int = 30, max_chars: int = 4000) -> str:
+    p = Path(run_dir) / LOG_FILE
+    if not p.exists():
+        return ""
+    try:
+        with open(p, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - 64_000))
+            data = fh.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+    text = "\n".join(data.splitlines()[-n_lines:])
+    return text[-max_chars:]
+
+
+def _read_json(p: Path) -> dict:
+    try:
+        obj = json.loads(p.read_text(encoding="utf-8"))
+        return obj if isinstance(obj, dict) else {}
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return {}
+
+
+def _write_json(p: Path, obj: dict) -> None:
+    tmp = p.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=1, default=str), encoding="utf-8")
+    os.replace(tmp, p)
+
+
+# ------------------------------------------------------------------------------------ commands
+
+
+def run_command(ws: Workspace, run: str, corpus: str, model: str | Path, prompts_file: Path, preset: str,
+                device: str = "auto", shards: list[int] | None = None, extra_args: list[str] | None = None) -> list[str]:
+    """The engine command a job runs (index + attribute in one process, updating status.json)."""
+    cmd = [sys.executable, "-m", "stride_core.cli", "--workspace", str(ws.root), "--no-progress", "run",
+           "--run", run, "--corpus", corpus, "--model", str(model), "--prompts", str(prompts_file),
+           "--preset", preset, "--device", device]
+    if shards:
+        cmd += ["--shards", ",".join(str(int(s)) for s in shards)]
+    return cmd + list(extra_args or [])
+
+
+@functools.lru_cache(maxsize=1)
+def _engine_probe() -> tuple[bool, str]:
+    """(whether `stride run` exists, its --help text), from one subprocess, cached per process."""
+    try:
+        res = subprocess.run([sys.executable, "-m", "stride_core.cli", "run", "--help"], capture_output=True,
+                             text=True, timeout=60, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return False, str(exc)
+    return res.returncode == 0, (res.stdout if res.returncode == 0 else res.stderr)
+
+
+def engine_available() -> bool:
+    """Whether the engine's `stride run` subcommand is installed (the command every job runs)."""
+    return _engine_probe()[0]
+
+
+def engine_help() -> str:
+    ok, text = _engine_probe()
+    return text if ok else ""
+
+
+def suggest_run_name(ws: Workspace, prefix: str = "run") -> str:
+    base = f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name, i = base, 1
+    while ws.runs_dir.joinpath(name).exists():
+        i += 1
+        name = f"{base}-{i}"
+    return name
+
+
+def start_job(ws: Workspace, run: str, corpus: str, model: str | Path, prompts, preset: str = "ci",
+              device: str = "auto", shards: list[int] | None = None, *, extra_args: list[str] | None = None,
+              ensure_corpus: str | None = None, ensure_model_preset: str | None = None) -> dict:
+    """Write prompts + a queued status into runs/<run>/ and launch the job detached. Returns job.json.
+
+    `prompts`: strings or {"prompt", "prompt_id"?} dicts. `ensure_corpus` ("pydocs") and
+    `ensure_model_preset` make the job build the default corpus / built-in model first when missing.
+    """
+    validate_name(run, "run name")
+    if preset not in PRESETS:
+        raise InputError(f"unknown preset {preset!r}: use one of {PRESETS}")
+    recs = normalise_prompts(prompts)
+    ws.ensure()
+    run_dir = ws.run_dir(run)
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise RunError(f"run {run!r} already exists in {ws.runs_dir}: choose another run name")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    prompts_file = run_dir / PROMPTS_FILE
+    with open(prompts_file, "w", encoding="utf-8") as fh:
+        for rec in recs:
+            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    cmd = run_command(ws, run, corpus, model, prompts_file, preset, device, shards, extra_args)
+    job = {
+        "run": run, "corpus": corpus, "model": str(model), "preset": preset, "device": device,
+        "shards": [int(s) for s in shards] if shards else None, "n_prompts": len(recs),
+        "extra_args": list(extra_args or []), "ensure_corpus": ensure_corpus,
+        "ensure_model_preset": ensure_model_preset, "command": cmd, "created_at": time.time(),
+        "pid": None, "start_ticks": None,
+    }
+    _write_json(run_dir / JOB_FILE, job)
+    write_status(run_dir, RunStatus(run=run, state="queued", stage="queued", message="waiting for the job process to start"))
+    return _launch(ws, run, job)
+
+
+def _launch(ws: Workspace, run: str, job: dict) -> dict:
+    run_dir = ws.run_dir(run)
+    wrapper = [sys.executable, "-m", "stride_core.jobs", "exec", "--workspace", str(ws.root), "--run", run]
+    if job.get("ensure_corpus"):
+        wrapper += ["--ensure-corpus", job["ensure_corpus"]]
+    if job.get("ensure_model_preset"):
+        wrapper += ["--ensure-model", job["ensure_model_preset"]]
+    wrapper += ["--", *job["command"]]
+    env = dict(os.environ, STRIDE_WORKSPACE=str(ws.root), PYTHONUNBUFFERED="1")
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("TRANSFORMERS_OFFLINE", "1")
+    with open(run_dir / LOG_FILE, "ab") as log:
+        try:
+            proc = subprocess.Popen(wrapper, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True, cwd=str(ws.root), env=env, close_fds=True)
+        except OSError as exc:
+            write_status(run_dir, RunStatus(run=run, state="failed", error=f"could not start the job: {exc}"))
+            raise RunError(f"could not start the job for run {run!r}: {exc}") from exc
+    job.update(pid=proc.pid, start_ticks=_proc_start_ticks(proc.pid), launched_at=time.time())
+    _write_json(run_dir / JOB_FILE, job)
+    logger.info("started job for run %s (pid %d), log %s", run, proc.pid, run_dir / LOG_FILE)
+    return job
+
+
+def cancel_job(ws: Workspace, run: str, grace_s: float = 5.0) -> bool:
+    """Kill the job's process group (SIGTERM, then SIGKILL after `grace_s`) and mark it cancelled.
+
+    Returns False when the run was not active (nothing to cancel).
+    """
+    run_dir = ws.run_dir(run)
+    if not run_dir.exists():
+        raise RunError(f"unknown run {run!r} in {ws.runs_dir}")
+    job = _read_json(run_dir / JOB_FILE)
+    status = read_status(run_dir)
+    pid = job.get("pid") or (status.pid if status else None)
+    alive = job_alive(pid, job.get("start_ticks") if job.get("pid") else None)
+    if alive:
+        _kill_group(pid, grace_s)
+    if status is not None and status.state in TERMINAL_STATES and not alive:
+        return False
+    status = status or RunStatus(run=run)
+    status.state = "cancelled"
+    status.error = None
+    status.message = "cancelled by the user"
+    write_status(run_dir, status)
+    return True
+
+
+def _kill_group(pid: int, grace_s: float) -> None:
+    try:
+        pgid = os.getpgid(pid)
+    except ProcessLookupError:
+        return
+    if pgid == os.getpgid(0):  # never signal our own group (a job started without its own session)
+        targets = lambda sig: os.kill(pid, sig)  # noqa: E731
+    else:
+        targets = lambda sig: os.killpg(pgid, sig)  # noqa: E731
+    try:
+        targets(signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        if not job_alive(pid):
+            break
+        time.sleep(0.1)
+    try:
+        targets(signal.SIGKILL)  # also reaches children that outlived their parent
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + 2.0
+    while job_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+# ---------------------------------------------------------------------------------------- runs
+
+
+def run_info(ws: Workspace, run: str) -> dict:
+    """Everything known about one run, from its folder's files (no DuckDB)."""
+    run_dir = ws.run_dir(run)
+    if not run_dir.is_dir():
+        raise RunError(f"unknown run {run!r} in {ws.runs_dir}")
+    return _run_info(run_dir)
+
+
+def _run_info(run_dir: Path) -> dict:
+    job = _read_json(run_dir / JOB_FILE)
+    args = _read_json(run_dir / "args.json")
+    prov = _read_json(run_dir / "provenance.json")
+    status = read_status(run_dir)
+    results = {k: (run_dir / f).exists() for k, f in RESULT_FILES.items()}
+    now = time.time()
+    info = {
+        "run": run_dir.name, "run_dir": str(run_dir), "job": job, "args": args, "provenance": prov,
+        "results": results, "pid": None, "alive": False, "log_tail": "",
+    }
+    if status is None:
+        st = RunStatus(run=run_dir.name, state="done" if results["attributions"] else "queued")
+        try:
+            st.started_at = st.updated_at = st.stage_started_at = run_dir.stat().st_mtime
+        except OSError:
+            pass
+        status_known = False
+    else:
+        st = status
+        status_known = True
+    d = asdict(st)
+    state = st.state
+    pid = job.get("pid") or st.pid
+    ticks = job.get("start_ticks") if job.get("pid") else None
+    alive = job_alive(pid, ticks) if pid else False
+    error = st.error
+    if state in ACTIVE_STATES and not alive:
+        created = job.get("created_at") or st.started_at
+        if pid or not status_known or now - created > _QUEUED_GRACE_S:
+            if status_known or job:
+                state = "failed"
+                tail = log_tail(run_dir)
+                error = (f"the job process{f' (pid {pid})' if pid else ''} ended without recording a final state"
+                         + (f"; last lines of {LOG_FILE}:\n{tail}" if tail else f" and left no {LOG_FILE}"))
+            else:
+                state = "unknown"
+    if state == "failed" and not info["log_tail"]:
+        info["log_tail"] = log_tail(run_dir)
+    d.update(state=state, error=error)
+    info.update(d)
+    info["pid"], info["alive"] = pid, alive
+    info["recorded_state"] = st.state
+    end = now if state in ACTIVE_STATES else st.updated_at
+    info["elapsed_s"] = max(0.0, end - st.started_at)
+    info["stage_elapsed_s"] = max(0.0, end - st.stage_started_at)
+    info["eta_s"] = stage_eta(st.progress, info["stage_elapsed_s"]) if state == "running" else None
+    merged = {**job, **args}  # the engine's args.json wins over what was requested
+    info["corpus"] = merged.get("corpus")
+    info["model"] = merged.get("model") or merged.get("model_dir")
+    info["preset"] = merged.get("preset")
+    info["device"] = prov.get("device") or merged.get("device")
+    info["n_prompts"] = job.get("n_prompts") or merged.get("n_prompts")
+    info["shards"] = merged.get("shards")
+    return info
+
+
+def stage_eta(progress: float, stage_elapsed_s: float) -> float | None:
+    """Remaining seconds of the current stage, extrapolated linearly from its progress so far."""
+    if progress is None or progress <= 0.01 or progress >= 1.0 or stage_elapsed_s <= 0:
+        return None
+    return stage_elapsed_s * (1.0 - progress) / progress
+
+
+def list_runs(ws: Workspace) -> list[dict]:
+    """All runs of a workspace, newest first (from the run folders' files; no database lock)."""
+    if not ws.runs_dir.is_dir():
+        return []
+    out = []
+    for d in ws.runs_dir.iterdir():
+        if not d.is_dir() or d.name.startswith("."):
+            continue
+        try:
+            validate_name(d.name, "run name")
+        except Exception:
+            continue
+        out.append(_run_info(d))
+    out.sort(key=lambda r: r.get("started_at") or 0.0, reverse=True)
+    return out
+
+
+# ------------------------------------------------------------------------------------ demo job
+
+
+def builtin_model_ready(ws: Workspace, preset: str) -> bool:
+    from .demo import default_model_dir
+
+    d = default_model_dir(ws, preset)
+    return (d / "config.json").exists() and (d / "stride_training.json").exists() and any(d.glob("*.safetensors"))
+
+
+def sample_prompts_path(kind: str = "jsonl") -> Path:
+    return Path(__file__).resolve().parent.parent / "data" / f"sample_prompts.{kind}"
+
+
+def start_demo_job(ws: Workspace, preset: str = "default", device: str = "auto", run: str = "demo") -> dict:
+    """The first-launch job of `stride app`: build the default corpus + built-in model, then run STRIDE
+    on the sample prompts as run `demo`."""
+    from .demo import default_model_dir
+
+    prompts = load_prompt_file(sample_prompts_path("jsonl"))
+    return start_job(ws, run, "pydocs", default_model_dir(ws, preset), prompts, preset, device,
+                     ensure_corpus="pydocs", ensure_model_preset=preset)
+
+
+# ------------------------------------------------------------------------------- job wrapper
+
+
+def _exec_main(argv: list[str]) -> int:
+    """`python -m stride_core.jobs exec ...`: the process a job is (see the module docstring)."""
+    p = argparse.ArgumentParser(prog="python -m stride_core.jobs exec")
+    p.add_argument("--workspace", required=True)
+    p.add_argument("--run", required=True)
+    p.add_argument("--ensure-corpus", default=None)
+    p.add_argument("--ensure-model", default=None, choices=list(PRESETS))
+    p.add_argument("command", nargs=argparse.REMAINDER)
+    args = p.parse_args(argv)
+    cmd = args.command[1:] if args.command[:1] == ["--"] else args.command
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    ws = Workspace(args.workspace)
+    run_dir = ws.run_dir(args.run)
+    status = read_status(run_dir) or RunStatus(run=args.run)
+    print(f"[job] run {args.run}: pid {os.getpid()}, command: {' '.join(cmd)}", flush=True)
+    try:
+        if args.ensure_corpus or args.ensure_model:
+            status.state, status.stage, status.pid = "running", "prepare", os.getpid()
+            status.stage_started_at = time.time()
+            status.message = "building the default corpus" + (
+                f" and training the built-in model (preset {args.ensure_model}; minutes on a CPU)" if args.ensure_model else "")
+            write_status(run_dir, status)
+            from .models import resolve_device
+
+            if args.ensure_model:
+                from .demo import ensure_default_model
+
+                ensure_default_model(ws, args.ensure_model, device=resolve_device("auto"), progress=False)
+            else:
+                from .corpus import list_corpora
+                from .pydocs import build_default_corpus
+
+                if args.ensure_corpus not in [c["name"] for c in list_corpora(ws)]:
+                    build_default_corpus(ws, name=args.ensure_corpus)
+            status.progress, status.message = 1.0, "default corpus and model ready"
+            write_status(run_dir, status)
+    except Exception as exc:  # noqa: BLE001 - recorded for the dashboard, then exit non-zero
+        logger.exception("preparing the default corpus/model failed")
+        write_status(run_dir, RunStatus(run=args.run, state="failed", stage="prepare", pid=os.getpid(),
+                                        started_at=status.started_at,
+                                        error=f"preparing the default corpus/model failed: {type(exc).__name__}: {exc}"))
+        return 1
+    if not cmd:
+        write_status(run_dir, RunStatus(run=args.run, state="failed", error="the job has no command to run"))
+        return 2
+    sys.stdout.flush()
+    try:
+        rc = subprocess.call(cmd, cwd=str(ws.root))
+    except OSError as exc:
+        rc = 127
+        print(f"[job] cannot run the command: {exc}", flush=True)
+    final = read_status(run_dir)
+    if final is None or final.state not in TERMINAL_STATES:
+        final = final or RunStatus(run=args.run)
+        if rc == 0:
+            final.state, final.progress, final.message = "done", 1.0, final.message or "finished"
+        else:
+            final.state = "failed"
+            final.error = f"the command exited with status {rc} without finishing; last lines of {LOG_FILE}:\n{log_tail(run_dir)}"
+        write_status(run_dir, final)
+    print(f"[job] finished with exit status {rc}, state {final.state}", flush=True)
+    return rc
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] != "exec":
+        print("usage: python -m stride_core.jobs exec --workspace W --run RUN [--ensure-corpus NAME] "
+              "[--ensure-model PRESET] -- COMMAND...", file=sys.stderr)
+        return 2
+    return _exec_main(argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

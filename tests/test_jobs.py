@@ -1,0 +1,134 @@
+"""Background jobs: start (detached, logged), watch, cancel, and detection of jobs that died silently."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from stride_core import jobs
+from stride_core.errors import InputError, RunError
+from stride_core.progress import RunStatus, read_status, write_status
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from dashboard_fixtures import fake_command  # noqa: E402
+
+def wait_for(pred, timeout=30.0, interval=0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(interval)
+    raise AssertionError("condition not reached in time")
+
+
+def _start(ws, monkeypatch, mode, run="job1", **kw):
+    monkeypatch.setattr(jobs, "run_command", fake_command(mode))
+    return jobs.start_job(ws, run, "tiny", "/models/x", ["first prompt", {"prompt": "second", "prompt_id": "p2"}],
+                          "ci", "cpu", [0, 2], **kw)
+
+
+def test_parse_prompts():
+    assert jobs.parse_prompts_text(" a \n\n b\n") == ["a", "b"]
+    recs = jobs.parse_prompts_jsonl('{"prompt": "x", "prompt_id": 7}\n\n{"prompt": "y"}\n')
+    assert recs == [{"prompt": "x", "prompt_id": "7"}, {"prompt": "y"}]
+    with pytest.raises(InputError, match="line 1"):
+        jobs.parse_prompts_jsonl("not json")
+    with pytest.raises(InputError, match="'prompt'"):
+        jobs.parse_prompts_jsonl('{"text": "x"}')
+    norm = jobs.normalise_prompts(["a", {"prompt": "b", "prompt_id": "q00"}, "  ", "c"])
+    assert [r["prompt"] for r in norm] == ["a", "b", "c"]
+    assert len({r["prompt_id"] for r in norm}) == 3
+    with pytest.raises(InputError, match="empty"):
+        jobs.normalise_prompts(["", "  "])
+    samples = jobs.load_prompt_file(jobs.sample_prompts_path("jsonl"))
+    assert len(samples) >= 10 and all(s["prompt"] for s in samples)
+    assert len(jobs.load_prompt_file(jobs.sample_prompts_path("txt"))) == len(samples)
+
+
+def test_run_command_shape(ws):
+    cmd = jobs.run_command(ws, "r1", "pydocs", "/m", ws.run_dir("r1") / "prompts.jsonl", "ci", "auto", [0, 1])
+    assert cmd[:3] == [sys.executable, "-m", "stride_core.cli"]
+    i = cmd.index("run")
+    assert cmd[cmd.index("--workspace") + 1] == str(ws.root) and cmd.index("--workspace") < i
+    for flag, value in (("--run", "r1"), ("--corpus", "pydocs"), ("--model", "/m"), ("--preset", "ci"),
+                        ("--device", "auto"), ("--shards", "0,1")):
+        assert cmd[cmd.index(flag) + 1] == value
+
+
+def test_job_runs_to_done(ws, monkeypatch):
+    job = _start(ws, monkeypatch, "done")
+    run_dir = ws.run_dir("job1")
+    assert job["pid"] and job["n_prompts"] == 2 and job["shards"] == [0, 2]
+    lines = [json.loads(x) for x in (run_dir / "prompts.jsonl").read_text().splitlines()]
+    assert [x["prompt"] for x in lines] == ["first prompt", "second"] and lines[1]["prompt_id"] == "p2"
+    info = wait_for(lambda: (lambda r: r if r["state"] == "done" and not r["alive"] else None)(jobs.run_info(ws, "job1")))
+    assert info["progress"] == 1.0 and info["corpus"] == "tiny" and info["preset"] == "ci"
+    log = (run_dir / "job.log").read_text()
+    assert "fake engine working" in log and "finished with exit status 0" in log
+    assert [r["run"] for r in jobs.list_runs(ws)] == ["job1"]
+    with pytest.raises(RunError, match="already exists"):
+        _start(ws, monkeypatch, "done")
+    assert jobs.cancel_job(ws, "job1") is False  # nothing to cancel
+
+
+def test_cancel_kills_the_process_group(ws, monkeypatch):
+    job = _start(ws, monkeypatch, "sleep")
+    wait_for(lambda: (read_status(ws.run_dir("job1")) or RunStatus(run="x")).stage == "attribute")
+    engine_pid = read_status(ws.run_dir("job1")).pid
+    assert engine_pid != job["pid"] and jobs.job_alive(engine_pid)
+    live = jobs.run_info(ws, "job1")
+    assert live["state"] == "running" and live["alive"] and live["metrics"] == {"fidelity": 1.25}
+    assert jobs.cancel_job(ws, "job1", grace_s=2.0) is True
+    assert not jobs.job_alive(job["pid"]) and not jobs.job_alive(engine_pid)
+    info = jobs.run_info(ws, "job1")
+    assert info["state"] == "cancelled" and info["stage"] == "attribute"
+
+
+def test_crashed_command_is_recorded_as_failed(ws, monkeypatch):
+    _start(ws, monkeypatch, "crash")
+    info = wait_for(lambda: (lambda r: r if r["state"] == "failed" and not r["alive"] else None)(jobs.run_info(ws, "job1")))
+    assert info["recorded_state"] == "failed"  # the wrapper wrote it
+    assert "status 3" in info["error"] and "boom: something broke" in info["error"]
+
+
+def test_silently_dead_job_shows_as_failed_with_log_tail(ws):
+    run_dir = ws.run_dir("ghost")
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    write_status(run_dir, RunStatus(run="ghost", state="running", stage="index", progress=0.3, pid=gone.pid))
+    (run_dir / "job.log").write_text("indexing\nKilled\n")
+    info = jobs.run_info(ws, "ghost")
+    assert info["recorded_state"] == "running" and info["state"] == "failed"
+    assert "ended without recording a final state" in info["error"] and "Killed" in info["error"]
+    assert read_status(run_dir).state == "running"  # reading never rewrites the status
+
+
+def test_list_runs_orders_and_skips(ws):
+    assert jobs.list_runs(ws) == []
+    for name, t in (("old", 100.0), ("new", 200.0)):
+        write_status(ws.run_dir(name), RunStatus(run=name, state="done", started_at=t))
+    (ws.runs_dir / ".tmp-junk").mkdir()
+    (ws.runs_dir / "stray.txt").write_text("x")
+    assert [r["run"] for r in jobs.list_runs(ws)] == ["new", "old"]
+
+
+def test_start_job_rejects_bad_input(ws, monkeypatch):
+    monkeypatch.setattr(jobs, "run_command", fake_command("done"))
+    with pytest.raises(InputError, match="empty"):
+        jobs.start_job(ws, "r1", "tiny", "/m", [], "ci")
+    with pytest.raises(InputError, match="preset"):
+        jobs.start_job(ws, "r1", "tiny", "/m", ["p"], "huge")
+    with pytest.raises(Exception, match="run name"):
+        jobs.start_job(ws, "../evil", "tiny", "/m", ["p"], "ci")
+    assert not ws.run_dir("r1").exists()
+
+
+def test_stage_eta():
+    assert jobs.stage_eta(0.5, 10.0) == pytest.approx(10.0)
+    assert jobs.stage_eta(0.0, 10.0) is None and jobs.stage_eta(1.0, 10.0) is None
