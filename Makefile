@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 app: $(STAMP)
-	$(BIN)/stride --workspace $(WORKSPACE) demo
+	$(BIN)/stride --workspace $(WORKSPACE) app
 
 demo: $(STAMP)
 	$(BIN)/stride --workspace $(WORKSPACE) demo

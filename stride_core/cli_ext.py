@@ -1,3 +1,7 @@
 """Registry of subcommands defined outside cli.py: each entry is register(subparsers, common_parent)."""
 
 REGISTRATIONS: list = []
+
+from .app_cli import register as _register_app  # noqa: E402  `stride app`: the dashboard
+
+REGISTRATIONS.append(_register_app)

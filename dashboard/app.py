@@ -1,0 +1,39 @@
+"""STRIDE audit dashboard: the router. Start with `stride app` (which sets STRIDE_WORKSPACE).
+
+Pages live in pages/*.py; SQL in queries.py; plotly figures in figures.py. The dashboard only reads
+the workspace: runs are background jobs (stride_core.jobs) that write their own run folders.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import streamlit as st
+
+from dashboard import common
+from stride_core import jobs
+
+logging.getLogger("dashboard").setLevel(logging.INFO)
+HERE = Path(__file__).resolve().parent
+
+st.set_page_config(page_title="STRIDE audit", page_icon=":material/manage_search:", layout="wide")
+
+pages = {
+    "Attribute": [
+        st.Page(HERE / common.PAGE_SETUP, title="Setup", icon=":material/tune:", default=True),
+        st.Page(HERE / common.PAGE_RUNS, title="Runs", icon=":material/monitoring:"),
+    ],
+    "Audit": [
+        st.Page(HERE / common.PAGE_INFLUENCE, title="Influence explorer", icon=":material/manage_search:"),
+        st.Page(HERE / common.PAGE_CONTAMINATION, title="Contamination", icon=":material/warning:"),
+        st.Page(HERE / common.PAGE_SELECTION, title="Data selection", icon=":material/filter_alt:"),
+    ],
+}
+nav = st.navigation(pages)
+
+with common.guard("the sidebar"):
+    active = [r for r in jobs.list_runs(common.workspace()) if r["state"] in jobs.ACTIVE_STATES]
+    common.sidebar(active)
+
+nav.run()

@@ -1,0 +1,130 @@
+"""Shared page helpers: the workspace, error guard, formatting, run pickers."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import logging
+from pathlib import Path
+
+import streamlit as st
+
+from stride_core.errors import StrideError
+from stride_core.workspace import Workspace, default_workspace
+
+logger = logging.getLogger("dashboard")
+
+PAGE_SETUP = "pages/setup.py"
+PAGE_RUNS = "pages/runs.py"
+PAGE_INFLUENCE = "pages/influence.py"
+PAGE_CONTAMINATION = "pages/contamination.py"
+PAGE_SELECTION = "pages/selection.py"
+
+
+def workspace() -> Workspace:
+    """The workspace the app serves: $STRIDE_WORKSPACE (set by `stride app`), else ./workspace."""
+    return Workspace(default_workspace())
+
+
+def ws_root() -> str:
+    return str(workspace().root)
+
+
+@contextlib.contextmanager
+def guard(what: str = "this page"):
+    """Turn errors into messages: a StrideError's text as st.error, anything else one line + server log."""
+    try:
+        yield
+    except StrideError as exc:
+        st.error(str(exc))
+    except Exception as exc:  # noqa: BLE001 - the dashboard never shows a traceback
+        logger.exception("unexpected error in %s", what)
+        st.error(f"Unexpected error in {what}: {type(exc).__name__}: {exc}. The full traceback is in the "
+                 "terminal running `stride app`.")
+
+
+def fmt_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    m, s = divmod(seconds, 60)
+    if m < 60:
+        return f"{m}m {s:02d}s"
+    h, m = divmod(m, 60)
+    return f"{h}h {m:02d}m"
+
+
+def fmt_time(ts: float | None) -> str:
+    if not ts:
+        return "–"
+    return _dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def fmt_bytes(n: float | None) -> str:
+    if n is None:
+        return "–"
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+STATE_ICONS = {"queued": "⏳", "running": "🔄", "done": "✅", "failed": "❌", "cancelled": "⏹️", "unknown": "❔"}
+
+
+def state_label(state: str) -> str:
+    return f"{STATE_ICONS.get(state, '')} {state}".strip()
+
+
+def pick_run(runs: list[dict], key: str, label: str = "Run", require: str | None = None,
+             prefer: str | None = None) -> dict | None:
+    """Selectbox over runs (newest first); `require` keeps only runs having that result file, `prefer`
+    pre-selects the newest run having it. Remembers the last choice across pages in
+    session_state['selected_run']."""
+    if require:
+        runs = [r for r in runs if r["results"].get(require)]
+    if not runs:
+        return None
+    names = [r["run"] for r in runs]
+    wanted = st.session_state.get("selected_run")
+    if wanted in names:
+        index = names.index(wanted)
+    else:
+        index = next((i for i, r in enumerate(runs) if prefer and r["results"].get(prefer)), 0)
+    by_name = {r["run"]: r for r in runs}
+    if st.session_state.get(key) not in names:
+        st.session_state.pop(key, None)  # the remembered run vanished or is filtered out here
+
+    def remember():
+        st.session_state["selected_run"] = st.session_state[key]
+
+    choice = st.selectbox(label, names, index=index, key=key, on_change=remember,
+                          format_func=lambda n: f"{n} — {state_label(by_name[n]['state'])}, {fmt_time(by_name[n]['started_at'])}")
+    return by_name[choice]
+
+
+def sidebar(active: list[dict]) -> None:
+    ws = workspace()
+    with st.sidebar:
+        st.caption(f"Workspace: `{ws.root}`")
+        for r in active:
+            pct = int(round(100 * (r.get("progress") or 0)))
+            st.caption(f"{state_label(r['state'])} **{r['run']}** — {r.get('stage') or 'starting'} {pct}%")
+        if active:
+            st.page_link(PAGE_RUNS, label="Watch running jobs", icon=":material/monitoring:")
+
+
+def html_block(html: str, max_height: int = 420) -> None:
+    """Render already-escaped HTML in a scrollable box."""
+    st.markdown(
+        f"<div style='max-height:{max_height}px;overflow-y:auto;white-space:pre-wrap;font-family:monospace;"
+        f"font-size:0.85rem;border:1px solid rgba(128,128,128,0.35);border-radius:0.4rem;padding:0.6rem'>{html}</div>",
+        unsafe_allow_html=True,
+    )
+
+
+def app_dir() -> Path:
+    return Path(__file__).resolve().parent

@@ -1,0 +1,71 @@
+"""Contamination audit: which evaluation items look leaked into the training corpus (text overlap and
+influence together). Reads runs/<run>/contamination.parquet when the audit has written it."""
+
+from __future__ import annotations
+
+import html
+
+import streamlit as st
+
+from dashboard import common, figures, queries
+from stride_core import jobs
+
+ws = common.workspace()
+root = str(ws.root)
+st.title("Contamination audit")
+st.caption("Were evaluation items (benchmark questions, test prompts) present in the training data? For each item "
+           "the audit pairs it with training documents that both **share long n-grams** with it and **strongly "
+           "influence** the model's answer on it; a pair high on both is flagged as a likely leak.")
+
+EXPLAIN = """The contamination audit has not been run for **{run}** yet. When it has, this page shows:
+
+- one row per (evaluation item, training document) pair with `overlap_score` (n-gram overlap with the item),
+  `influence_score` (STRIDE score of the document for the item, loss units), their `combined_score`, the
+  matching text as `evidence`, and a `leaked` flag;
+- a scatter plot of overlap against influence, the flagged items, and a CSV export.
+
+The audit writes `runs/{run}/contamination.parquet`; this page picks it up as soon as it exists."""
+
+with common.guard("the Contamination page"):
+    runs = jobs.list_runs(ws)
+    if not runs:
+        st.info("No runs yet. Start a run on the Setup page; the contamination audit works on a finished run.")
+        st.stop()
+    having = [r["run"] for r in runs if r["results"].get("contamination")]
+    r = common.pick_run(runs, key="contamination_run", prefer="contamination")
+    p = queries.result_path(root, r["run"], "contamination")
+    if not p.exists():
+        st.info(EXPLAIN.format(run=r["run"]))
+        if having:
+            st.caption("Runs with a contamination report: " + ", ".join(having))
+        st.stop()
+
+    df = queries.result_table(str(p), queries.file_version(p))
+    if df.empty:
+        st.success("The contamination audit found no candidate pairs for this run.")
+        st.stop()
+    leaked = df[df["leaked"].fillna(False).astype(bool)] if "leaked" in df.columns else df.iloc[0:0]
+    c1, c2, c3 = st.columns(3)
+    c1.metric("Items checked", int(df["item_id"].nunique()) if "item_id" in df.columns else len(df))
+    c2.metric("Candidate pairs", len(df))
+    c3.metric("Items flagged as leaked", int(leaked["item_id"].nunique()) if "item_id" in leaked.columns else len(leaked))
+
+    only = st.toggle("Only flagged pairs", value=False, key="contam_only_leaked")
+    view = leaked if only else df
+    sort_col = next((c for c in ("combined_score", "influence_score", "overlap_score") if c in view.columns), None)
+    if sort_col:
+        view = view.sort_values(sort_col, ascending=False)
+    st.dataframe(view, hide_index=True, key="contamination_table",
+                 column_config={"evidence": st.column_config.TextColumn(width="large")})
+    if {"overlap_score", "influence_score"} <= set(df.columns):
+        st.plotly_chart(figures.contamination_scatter(df), key="contamination_scatter")
+    if "evidence" in view.columns and len(view):
+        idx = st.selectbox("Evidence of pair", list(range(min(len(view), 200))), key="contam_pair",
+                           format_func=lambda i: " · ".join(f"{c} {view.iloc[i][c]}" for c in ("item_id", "doc_id") if c in view.columns))
+        common.html_block(html.escape(str(view.iloc[idx]["evidence"])), max_height=240)
+    c1, c2 = st.columns(2)
+    c1.download_button("Download all pairs (CSV)", queries.to_csv_bytes(df), file_name=f"{r['run']}_contamination.csv",
+                       mime="text/csv", key="dl_contamination")
+    c2.download_button("Download flagged pairs (CSV)", queries.to_csv_bytes(leaked),
+                       file_name=f"{r['run']}_contamination_flagged.csv", mime="text/csv", key="dl_contamination_flagged",
+                       disabled=leaked.empty)

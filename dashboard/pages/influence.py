@@ -1,0 +1,145 @@
+"""Influence explorer: for one prompt of a run, the training documents that helped or hurt the model's
+continuation most, their text with shared n-grams highlighted, and documents recurring across prompts."""
+
+from __future__ import annotations
+
+import html
+
+import streamlit as st
+
+from dashboard import common, figures, queries
+from dashboard.highlight import highlight_html
+from stride_core import jobs
+
+ws = common.workspace()
+root = str(ws.root)
+st.title("Influence explorer")
+
+SIGN_NOTE = ("**Reading the scores.** A score is an estimated change in the query's loss, in loss units (nats, the "
+             "same units as the model's cross-entropy on the continuation). **Positive = helpful**: including the "
+             "document in training *lowers* the loss of this continuation, i.e. it pushed the model towards writing "
+             "it. **Negative = harmful**: the document pushed the model away from it. Scores are sparse estimates "
+             "from STRIDE's Lasso recovery; only the top documents in each direction are stored.")
+
+with common.guard("the Influence explorer"):
+    runs = jobs.list_runs(ws)
+    r = common.pick_run(runs, key="influence_run", require="attributions")
+    if r is None:
+        active = [x["run"] for x in runs if x["state"] in jobs.ACTIVE_STATES]
+        if active:
+            st.info(f"No run has finished its attribution yet; {', '.join(active)} "
+                    f"{'is' if len(active) == 1 else 'are'} still running (see the Runs page).")
+        elif runs:
+            st.info("None of the runs in this workspace produced rankings (attributions.parquet). Start a run on "
+                    "the Setup page; failed runs show their error on the Runs page.")
+        else:
+            st.info("No runs yet. Start one on the Setup page: this page then shows, for every prompt, the training "
+                    "documents that most helped or hurt the model's continuation.")
+        st.stop()
+
+    path = str(queries.result_path(root, r["run"], "attributions"))
+    version = queries.file_version(queries.result_path(root, r["run"], "attributions"))
+    qdf = queries.run_queries(path, version)
+    if qdf.empty:
+        st.warning(f"The attributions file of run {r['run']} has no rows.")
+        st.stop()
+    meta = queries.attribution_meta_columns(path, version)
+
+    qids = [str(q) for q in qdf["query_id"]]
+    by_q = qdf.assign(query_id=qids).set_index("query_id")
+    qid = st.selectbox("Prompt", qids, key="influence_query",
+                       format_func=lambda q: f"{q} — {str(by_q.loc[q, 'prompt'])[:90]}")
+    prompt = str(by_q.loc[qid, "prompt"])
+    cont = by_q.loc[qid, "continuation"]
+    cont = "" if cont is None or (isinstance(cont, float) and cont != cont) else str(cont)
+    common.html_block(f"<b>{html.escape(prompt)}</b><span style='color:#1565c0'>{html.escape(cont)}</span>", max_height=160)
+    st.caption("Bold: the prompt. Blue: the model's continuation — the text whose loss STRIDE attributes.")
+    with st.expander("How to read the scores", expanded=False):
+        st.markdown(SIGN_NOTE)
+
+    rk = queries.rankings(path, qid, version)
+    k_max = int(rk.groupby("direction").size().max()) if len(rk) else 1
+    top = st.slider("Documents per direction", 1, max(1, k_max), min(10, k_max), key="influence_top") if k_max > 1 else 1
+    helpful = rk[rk["direction"] == "helpful"].sort_values("rank").head(top)
+    harmful = rk[rk["direction"] == "harmful"].sort_values("rank").head(top)
+    show_cols = ["rank", "doc_id", "score", *meta, *(["snippet"] if "snippet" in rk.columns else [])]
+    col_cfg = {"score": st.column_config.NumberColumn("score", format="%.4g", help="Δ loss; > 0 helpful, < 0 harmful"),
+               "snippet": st.column_config.TextColumn("snippet", width="large")}
+
+    t_help, t_harm, t_chart, t_dist, t_cross = st.tabs(
+        ["Helpful", "Harmful", "Chart", "Score distribution", "Across prompts"])
+    with t_help:
+        st.caption("Documents whose inclusion lowers the loss of this continuation (positive scores), strongest first.")
+        if helpful.empty:
+            st.info("No helpful documents were recovered for this prompt (all recovered scores are ≤ 0).")
+        else:
+            st.dataframe(helpful[show_cols], hide_index=True, key="helpful_table", column_config=col_cfg)
+    with t_harm:
+        st.caption("Documents whose inclusion raises the loss of this continuation (negative scores), strongest first.")
+        if harmful.empty:
+            st.info("No harmful documents were recovered for this prompt.")
+        else:
+            st.dataframe(harmful[show_cols], hide_index=True, key="harmful_table", column_config=col_cfg)
+    with t_chart:
+        st.plotly_chart(figures.ranking_bars(rk, meta, top=top), key="ranking_chart")
+    with t_dist:
+        st.plotly_chart(figures.score_histogram(rk, f"Scores of the stored documents for {qid}"), key="query_hist")
+        scores = queries.all_scores(path, version)
+        st.plotly_chart(figures.score_histogram(scores, f"All prompts of run {r['run']}"), key="run_hist")
+    with t_cross:
+        st.caption("Documents that rank for many different prompts. A document that helps (or hurts) unrelated prompts "
+                   "alike points at a generic effect (length, boilerplate, formatting) rather than prompt-specific "
+                   "knowledge.")
+        c1, c2 = st.columns(2)
+        direction = c1.radio("Direction", ["helpful", "harmful"], horizontal=True, key="cross_direction")
+        n_q = len(qids)
+        min_q = c2.slider("Ranked for at least … prompts", 1, max(2, n_q), min(2, n_q), key="cross_min") if n_q > 1 else 1
+        rec = queries.recurring_documents(path, direction, int(min_q), version)
+        if rec.empty:
+            st.info(f"No document is ranked {direction} for {min_q} or more prompts.")
+        else:
+            st.dataframe(rec, hide_index=True, key="recurring_table",
+                         column_config={"mean_score": st.column_config.NumberColumn(format="%.4g"),
+                                        "min_score": st.column_config.NumberColumn(format="%.4g"),
+                                        "max_score": st.column_config.NumberColumn(format="%.4g"),
+                                        "snippet": st.column_config.TextColumn(width="large")})
+            scores = queries.all_scores(path, version)
+            st.plotly_chart(figures.recurrence_heatmap(scores[scores["direction"] == direction],
+                                                       [int(d) for d in rec["doc_id"].head(30)], qids),
+                            key="recurrence_heatmap")
+
+    # ---------------------------------------------------------------------------- document viewer
+    st.subheader("Document")
+    shown = rk[rk.index.isin(helpful.index) | rk.index.isin(harmful.index)]
+    if shown.empty:
+        st.info("No document to show for this prompt.")
+        st.stop()
+    labels = {f"{row.direction}:{int(row.doc_id)}": row for row in shown.itertuples(index=False)}
+    pick = st.selectbox(
+        "Inspect", list(labels), key="influence_doc",
+        format_func=lambda k: (f"{labels[k].direction} #{int(labels[k].rank)} · doc {int(labels[k].doc_id)}"
+                               + "".join(f" · {getattr(labels[k], c)}" for c in meta[:2] if c.isidentifier())
+                               + f" · score {float(labels[k].score):+.4g}"))
+    row = labels[pick]
+    n = st.select_slider("Highlight shared word n-grams of length", [1, 2, 3, 4, 5], value=3, key="influence_ngram",
+                         help="Marks runs of n words that the document shares with the prompt + continuation "
+                              "(n-grams made only of stopwords are ignored).")
+    docs, why = queries.safe_documents(root, r.get("corpus"), [int(row.doc_id)])
+    if docs is not None and len(docs):
+        doc = docs.iloc[0].to_dict()
+        text = str(doc.pop("text"))
+    else:
+        doc = {"doc_id": int(row.doc_id), **{c: getattr(row, c) for c in meta if c.isidentifier()}}
+        text = str(getattr(row, "snippet", "") or "")
+        st.warning(f"Showing the stored snippet only: {why or 'the document is not in the corpus'}.")
+    marked, n_shared = highlight_html(text, prompt + " " + cont, n=int(n))
+    c1, c2 = st.columns([1, 3])
+    with c1:
+        st.metric("Score", f"{float(row.score):+.4g}", help="Δ loss; > 0 helpful, < 0 harmful")
+        st.metric("Shared n-grams", n_shared)
+        st.json({k: (v.item() if hasattr(v, "item") else v) for k, v in doc.items()
+                 if v is not None and str(v) != "nan"}, expanded=False)
+    with c2:
+        common.html_block(marked, max_height=480)
+    st.download_button("Download this prompt's rankings (CSV)", queries.to_csv_bytes(rk),
+                       file_name=f"{r['run']}_{qid}_rankings.csv", mime="text/csv", key="dl_rankings")

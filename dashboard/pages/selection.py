@@ -1,0 +1,73 @@
+"""Data selection: which training documents to keep or drop, from their influence on a set of target
+prompts. Reads runs/<run>/selection.parquet when the selection audit has written it."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from dashboard import common, figures, queries
+from stride_core import jobs
+
+ws = common.workspace()
+root = str(ws.root)
+st.title("Data selection")
+st.caption("Suggestions for curating the training corpus: documents that consistently **hurt** the target prompts "
+           "are candidates to drop, documents that help them are kept. The decision is a suggestion to review, not "
+           "an automatic filter.")
+
+EXPLAIN = """The data-selection audit has not been run for **{run}** yet. When it has, this page shows every scored
+document with its `score` and a `decision` (`keep` / `drop`), a histogram of scores by decision, and exports of
+the keep and drop lists (doc_id CSV) for your training pipeline. The audit writes
+`runs/{run}/selection.parquet`; this page picks it up as soon as it exists."""
+
+with common.guard("the Data selection page"):
+    runs = jobs.list_runs(ws)
+    if not runs:
+        st.info("No runs yet. Start a run on the Setup page; data selection works on a finished run.")
+        st.stop()
+    r = common.pick_run(runs, key="selection_run", prefer="selection")
+    p = queries.result_path(root, r["run"], "selection")
+    if p.exists():
+        df = queries.result_table(str(p), queries.file_version(p))
+        if df.empty:
+            st.info("The selection file of this run has no rows.")
+            st.stop()
+        counts = df["decision"].value_counts() if "decision" in df.columns else {}
+        c1, c2, c3 = st.columns(3)
+        c1.metric("Documents scored", len(df))
+        c2.metric("Keep", int(counts.get("keep", 0)))
+        c3.metric("Drop", int(counts.get("drop", 0)))
+        if "score" in df.columns:
+            st.plotly_chart(figures.selection_histogram(df), key="selection_hist")
+        decisions = sorted(df["decision"].dropna().unique()) if "decision" in df.columns else []
+        pick = st.multiselect("Show decisions", decisions, default=decisions, key="selection_filter") if decisions else []
+        view = df[df["decision"].isin(pick)] if decisions else df
+        if "score" in view.columns:
+            view = view.sort_values("score")
+        st.dataframe(view, hide_index=True, key="selection_table")
+        c1, c2, c3 = st.columns(3)
+        c1.download_button("Download all (CSV)", queries.to_csv_bytes(df), file_name=f"{r['run']}_selection.csv",
+                           mime="text/csv", key="dl_selection")
+        for col, decision in ((c2, "keep"), (c3, "drop")):
+            ids = df[df.get("decision") == decision][["doc_id"]] if "decision" in df.columns else df.iloc[0:0]
+            col.download_button(f"Download {decision} list (doc_id CSV)", queries.to_csv_bytes(ids),
+                                file_name=f"{r['run']}_{decision}.csv", mime="text/csv", key=f"dl_{decision}",
+                                disabled=ids.empty)
+        st.stop()
+
+    st.info(EXPLAIN.format(run=r["run"]))
+    a = queries.result_path(root, r["run"], "attributions")
+    if not a.exists():
+        st.stop()
+    st.subheader("Preview from this run's rankings")
+    st.caption("Until the selection audit runs: each document's influence scores summed over all prompts of the run "
+               "(only documents that made a top-k list count). Strongly negative totals are the first candidates "
+               "the audit will examine.")
+    v = queries.file_version(a)
+    net = queries.net_influence(str(a), v)
+    meta = queries.attribution_meta_columns(str(a), v)
+    st.plotly_chart(figures.net_influence_bars(net, meta), key="net_bars")
+    st.dataframe(net.head(200), hide_index=True, key="net_table",
+                 column_config={"total_score": st.column_config.NumberColumn(format="%.4g")})
+    st.download_button("Download the preview (CSV)", queries.to_csv_bytes(net), file_name=f"{r['run']}_net_influence.csv",
+                       mime="text/csv", key="dl_net")

@@ -1,0 +1,207 @@
+"""Setup: choose a model, a corpus (and shards) and prompts, then start a STRIDE run as a background job."""
+
+from __future__ import annotations
+
+import shlex
+
+import streamlit as st
+
+from dashboard import common, figures, queries
+from stride_core import jobs
+from stride_core.demo import default_model_dir
+from stride_core.errors import StrideError
+from stride_core.models import check_model_dir
+from stride_core.workspace import validate_name
+
+PAGE_SIZE = 20
+PRESET_HELP = {
+    "ci": "Seconds to a few minutes on a CPU: K=64 subsets, rank-8 operators, 40 training steps. For a quick look "
+          "and for tests; rankings are noisy.",
+    "default": "The full recipe: K=1000 subsets, 10 per document, rank-16 operators, 300 steps. Minutes on a GPU, "
+               "much longer on a CPU for large corpora.",
+    "custom": "Start from ci or default and pass any further `stride run` options (see the options list below).",
+}
+
+ws = common.workspace()
+root = str(ws.root)
+st.title("Set up a STRIDE run")
+st.caption("STRIDE attributes a model's continuation of each prompt to the training documents that most "
+           "changed its loss. Pick the model, the corpus it was trained on, and the prompts; the run starts as "
+           "a background job and the Runs page shows its progress.")
+
+problems: list[str] = []
+
+# ------------------------------------------------------------------------------------------ model
+with common.guard("the model section"):
+    st.subheader("1 · Model")
+    kind = st.radio("Model", ["builtin", "local"], horizontal=True, key="model_kind",
+                    format_func=lambda k: {"builtin": "Built-in tiny model (trained on pydocs)",
+                                           "local": "Local Hugging Face folder"}[k])
+    model_path = None
+    if kind == "local":
+        raw = st.text_input("Model folder", key="model_path", placeholder="/path/to/hf-model",
+                            help="A local folder with config.json, tokenizer files and *.safetensors weights. Nothing "
+                                 "is downloaded; pickled weights and custom modelling code are refused.")
+        if not raw.strip():
+            st.info("Enter the path of a local Hugging Face causal-LM folder.")
+            problems.append("no model folder given")
+        else:
+            try:
+                cfg = check_model_dir(raw.strip())
+                model_path = raw.strip()
+                st.success(f"Model folder looks valid: `{cfg.get('model_type', '?')}`, "
+                           f"{cfg.get('num_hidden_layers') or cfg.get('n_layer') or '?'} layers.")
+            except StrideError as exc:
+                st.error(f"Invalid model folder: {exc}")
+                problems.append("the model folder is invalid")
+
+# ----------------------------------------------------------------------------------------- corpus
+shards_arg = None
+corpus = None
+builds_default = False
+with common.guard("the corpus section"):
+    st.subheader("2 · Corpus")
+    cdf = queries.corpora(root, queries.db_version(root))
+    names = list(cdf["name"])
+    builds_default = "pydocs" not in names
+    options = names + (["pydocs"] if builds_default else [])
+    corpus = st.selectbox(
+        "Corpus", options, key="corpus",
+        format_func=lambda n: (f"{n} — built by the job (the default stdlib-docs corpus)" if n == "pydocs" and builds_default
+                               else f"{n} — {int(cdf.set_index('name').loc[n, 'n_docs']):,} documents"))
+    if not names:
+        st.info("This workspace has no corpus yet. The default corpus **pydocs** (the Python standard-library docs, "
+                "~3.7k documents) is built by the job in a few seconds; to audit your own data, import it first with "
+                "`stride corpus import FILE --name NAME`.")
+    if corpus and corpus in names:
+        row = cdf.set_index("name").loc[corpus]
+        stats = queries.shard_stats(root, corpus, queries.db_version(root))
+        c1, c2, c3, c4 = st.columns(4)
+        c1.metric("Documents", f"{int(row['n_docs']):,}")
+        c2.metric("Characters", f"{int(row['n_chars']):,}")
+        c3.metric("Shards", int(row["n_shards"]))
+        c4.metric("Exact duplicates", int(row["n_duplicates"]))
+        by_shard = stats.set_index("shard")
+        all_shards = [int(s) for s in stats["shard"]]
+        chosen = st.multiselect(
+            "Shards to index", all_shards, default=all_shards, key=f"shards_{corpus}",
+            format_func=lambda s: f"shard {s} — {int(by_shard.loc[s, 'n_docs']):,} docs, {common.fmt_bytes(float(by_shard.loc[s, 'n_bytes']))}",
+            help="STRIDE indexes the chosen shards only; rankings can only name documents from them.")
+        if not chosen:
+            st.warning("Pick at least one shard.")
+            problems.append("no shard selected")
+        elif len(chosen) < len(all_shards):
+            shards_arg = sorted(chosen)
+        if len(all_shards) > 1:
+            st.plotly_chart(figures.shard_bars(stats), key="shard_chart")
+
+        with st.expander("Browse documents", expanded=False):
+            q = st.text_input("Search text (case-insensitive) or a doc_id", key="doc_search")
+            scope = tuple(sorted(chosen)) if chosen else None
+            total, _ = queries.search_documents(root, corpus, q, scope, 1, 0, queries.db_version(root))
+            n_pages = max(1, -(-total // PAGE_SIZE))
+            page = st.number_input(f"Page (of {n_pages})", min_value=1, max_value=n_pages, value=1, step=1, key="doc_page")
+            _, docs = queries.search_documents(root, corpus, q, scope, PAGE_SIZE, (int(page) - 1) * PAGE_SIZE,
+                                               queries.db_version(root))
+            st.caption(f"{total:,} matching document(s) in the selected shards.")
+            if total:
+                st.dataframe(docs, hide_index=True, key="doc_table",
+                             column_config={"text": st.column_config.TextColumn("text", width="large")})
+    elif corpus == "pydocs":
+        st.caption("All shards of pydocs will be indexed.")
+
+# ---------------------------------------------------------------------------------------- prompts
+prompts: list = []
+with common.guard("the prompts section"):
+    st.subheader("3 · Prompts")
+    src = st.radio("Prompts from", ["samples", "type", "upload"], horizontal=True, key="prompt_source",
+                   format_func=lambda s: {"samples": "Sample prompts", "type": "Type them",
+                                          "upload": "Upload .txt / .jsonl"}[s])
+    if src == "samples":
+        prompts = jobs.load_prompt_file(jobs.sample_prompts_path("jsonl"))
+        st.caption(f"{len(prompts)} sample prompts about the Python standard library (data/sample_prompts.jsonl).")
+    elif src == "type":
+        text = st.text_area("One prompt per line", key="prompt_text", height=150,
+                            placeholder="To serialize a Python dictionary as a JSON string, you can call")
+        prompts = jobs.parse_prompts_text(text)
+    else:
+        up = st.file_uploader("Prompt file", type=["txt", "jsonl"], key="prompt_file",
+                              help=".txt: one prompt per line. .jsonl: one object per line with a `prompt` field "
+                                   "(and optionally `prompt_id`).")
+        if up is not None:
+            try:
+                raw = up.getvalue().decode("utf-8")
+            except UnicodeDecodeError:
+                st.error("The file is not UTF-8 text.")
+                raw = ""
+            try:
+                prompts = (jobs.parse_prompts_jsonl(raw) if up.name.lower().endswith(".jsonl")
+                           else jobs.parse_prompts_text(raw))
+            except StrideError as exc:
+                st.error(f"Cannot read {up.name}: {exc}")
+    if prompts:
+        preview = [{"prompt": p["prompt"] if isinstance(p, dict) else p} for p in prompts]
+        st.dataframe(preview, hide_index=True, key="prompt_preview", height=min(300, 38 + 35 * len(preview)))
+        st.caption(f"{len(prompts)} prompt(s). For each, the model writes a continuation and STRIDE explains "
+                   "its loss on that continuation.")
+    else:
+        st.warning("The prompt list is empty: type, upload or pick at least one prompt.")
+        problems.append("no prompts")
+
+# --------------------------------------------------------------------------------------- settings
+extra_args: list[str] = []
+with common.guard("the settings section"):
+    st.subheader("4 · Settings")
+    c1, c2 = st.columns(2)
+    choice = c1.radio("Preset", ["ci", "default", "custom"], key="preset_choice", horizontal=True,
+                      help="\n\n".join(f"**{k}**: {v}" for k, v in PRESET_HELP.items()))
+    c1.caption(PRESET_HELP[choice])
+    device = c2.selectbox("Device", ["auto", "cpu", "cuda"], key="device",
+                          help="auto uses the GPU when there is one, the CPU otherwise.")
+    preset = choice
+    if choice == "custom":
+        preset = c1.selectbox("Base preset", ["ci", "default"], key="custom_base")
+        raw_extra = c1.text_input("Extra `stride run` options", key="extra_args", placeholder="--top-k 100")
+        try:
+            extra_args = shlex.split(raw_extra)
+        except ValueError as exc:
+            st.error(f"Cannot parse the extra options: {exc}")
+            problems.append("unparsable extra options")
+        with st.expander("`stride run` options"):
+            st.code(jobs.engine_help() or "(the engine's `stride run` command is not available here)", language="text")
+    if "run_name" not in st.session_state:
+        st.session_state["run_name"] = jobs.suggest_run_name(ws)
+    run_name = c2.text_input("Run name", key="run_name", help="Letters, digits, '_' or '-'; becomes runs/<name>/.")
+    try:
+        validate_name(run_name, "run name")
+        if ws.runs_dir.joinpath(run_name).exists():
+            st.error(f"A run named {run_name!r} already exists: choose another name.")
+            problems.append("the run name is taken")
+    except StrideError as exc:
+        st.error(str(exc))
+        problems.append("invalid run name")
+
+# ------------------------------------------------------------------------------------------ start
+model_preset = preset
+if kind == "builtin":
+    model_path = str(default_model_dir(ws, model_preset))
+    if jobs.builtin_model_ready(ws, model_preset):
+        st.caption(f"Built-in model ({model_preset} preset): `{model_path}`.")
+    else:
+        st.info(f"The built-in model ({model_preset} preset) is not trained yet: the job trains it first "
+                f"({'about a minute' if model_preset == 'ci' else 'several minutes'} on a CPU).")
+if not jobs.engine_available():
+    st.warning("The STRIDE engine command `stride run` is not available in this installation yet: a job would fail.")
+
+if problems:
+    st.caption("Cannot start yet: " + "; ".join(problems) + ".")
+if st.button("Start run", type="primary", disabled=bool(problems), key="start"):
+    with common.guard("starting the job"):
+        jobs.start_job(ws, run_name, corpus, model_path, prompts, preset, device, shards_arg, extra_args=extra_args,
+                       ensure_corpus="pydocs" if corpus == "pydocs" and builds_default else None,
+                       ensure_model_preset=(model_preset if kind == "builtin" and not jobs.builtin_model_ready(ws, model_preset)
+                                            else None))
+        st.session_state["selected_run"] = run_name
+        del st.session_state["run_name"]
+        queries.corpora.clear()
+        st.switch_page(common.PAGE_RUNS)

@@ -1,0 +1,212 @@
+"""Every dashboard page, headless (streamlit.testing AppTest), on an empty and on a populated workspace."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("streamlit")
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+from stride_core import jobs  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from dashboard_fixtures import fake_command, make_run, populate  # noqa: E402
+
+APP = str(Path(__file__).resolve().parent.parent / "dashboard" / "app.py")
+PAGES = ["pages/setup.py", "pages/runs.py", "pages/influence.py", "pages/contamination.py", "pages/selection.py"]
+
+
+@pytest.fixture(autouse=True)
+def _no_engine_probe(monkeypatch):
+    # The Setup page asks whether `stride run` exists (a subprocess); answer directly in tests.
+    monkeypatch.setattr(jobs, "_engine_probe", lambda: (True, "usage: stride run [--run RUN] ..."))
+
+
+@pytest.fixture
+def populated(tmp_path, monkeypatch):
+    ws, proc = populate(tmp_path / "ws")
+    monkeypatch.setenv("STRIDE_WORKSPACE", str(ws.root))
+    yield ws, proc
+    proc.kill()
+    proc.wait()
+
+
+def open_page(page: str) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=30)
+    at.run()
+    if page != PAGES[0]:
+        at.switch_page(page).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def texts(elements) -> str:
+    return "\n".join(str(e.value) for e in elements)
+
+
+def by_label(elements, label):
+    hits = [e for e in elements if e.label == label]
+    assert hits, f"no element labelled {label!r} among {[e.label for e in elements]}"
+    return hits[0]
+
+
+@pytest.mark.parametrize("exists", [True, False])
+def test_every_page_on_an_empty_workspace(tmp_path, monkeypatch, exists):
+    root = tmp_path / "empty"
+    if exists:
+        root.mkdir()
+    monkeypatch.setenv("STRIDE_WORKSPACE", str(root))
+    for page in PAGES:
+        at = open_page(page)
+        assert not at.error, texts(at.error)
+        if page != "pages/setup.py":
+            assert "No runs yet" in texts(at.info)
+    at = open_page("pages/setup.py")
+    assert "no corpus yet" in texts(at.info)
+    assert by_label(at.selectbox, "Corpus").value == "pydocs"  # offered: the job builds it
+    assert by_label(at.button, "Start run").disabled is False  # samples + built-in model + default corpus
+
+
+def test_setup_page_validates_inputs(populated, tmp_path):
+    ws, _ = populated
+    at = open_page("pages/setup.py")
+    assert by_label(at.selectbox, "Corpus").value == "tiny"
+    shards = by_label(at.multiselect, "Shards to index")
+    assert shards.value == [0, 1, 2] and "10 docs" in shards.format_func(0)
+    assert [m.value for m in at.metric][:3:2] == ["30", "3"]
+
+    # Document browser: parameterised search, including LIKE wildcards taken literally.
+    at.text_input(key="doc_search").input("document 17 ABOUT").run()
+    assert "1 matching document(s)" in texts(at.caption)
+    at.text_input(key="doc_search").input("100%_").run()
+    assert "0 matching document(s)" in texts(at.caption)
+    shards.set_value([1]).run()
+    at.text_input(key="doc_search").input("").run()
+    assert "10 matching document(s)" in texts(at.caption)
+
+    # Invalid local model folder: a clear message and no Start.
+    at.radio(key="model_kind").set_value("local").run()
+    at.text_input(key="model_path").input(str(tmp_path / "nope")).run()
+    assert "Invalid model folder" in texts(at.error) and "does not exist" in texts(at.error)
+    assert by_label(at.button, "Start run").disabled
+
+    # Empty prompt list.
+    at.radio(key="model_kind").set_value("builtin").run()
+    at.radio(key="prompt_source").set_value("type").run()
+    assert "prompt list is empty" in texts(at.warning)
+    assert by_label(at.button, "Start run").disabled
+    at.text_area(key="prompt_text").input("one prompt\n\nanother prompt").run()
+    assert "2 prompt(s)" in texts(at.caption)
+
+    # A taken run name.
+    at.text_input(key="run_name").input("r-done").run()
+    assert "already exists" in texts(at.error)
+    assert not at.exception
+
+
+def test_start_button_launches_a_job_and_opens_runs(populated, tmp_path, monkeypatch):
+    ws, _ = populated
+    model = tmp_path / "hf-model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 2}))
+    (model / "model.safetensors").write_bytes(b"")  # only validated here, never loaded
+    monkeypatch.setattr(jobs, "run_command", fake_command("done"))
+    at = open_page("pages/setup.py")
+    at.radio(key="model_kind").set_value("local").run()
+    at.text_input(key="model_path").input(str(model)).run()
+    assert "looks valid" in texts(at.success)
+    by_label(at.multiselect, "Shards to index").set_value([0, 2]).run()
+    at.text_input(key="run_name").input("from-ui").run()
+    by_label(at.button, "Start run").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert [t.value for t in at.title] == ["Runs"]  # switched to the Runs page
+    job = json.loads((ws.run_dir("from-ui") / "job.json").read_text())
+    assert job["model"] == str(model) and job["corpus"] == "tiny" and job["shards"] == [0, 2]
+    assert job["n_prompts"] == len(jobs.load_prompt_file(jobs.sample_prompts_path()))
+    assert job["ensure_corpus"] is None and job["ensure_model_preset"] is None
+    t0 = time.monotonic()
+    while jobs.run_info(ws, "from-ui")["state"] != "done" and time.monotonic() - t0 < 20:
+        time.sleep(0.1)
+    assert jobs.run_info(ws, "from-ui")["state"] == "done"
+
+
+def test_runs_page_history_failed_and_cancel(populated):
+    ws, proc = populated
+    at = open_page("pages/runs.py")
+    hist = at.dataframe[0].value
+    assert set(hist["run"]) == {"r-done", "r-failed", "r-running", "r-dead"}
+    states = dict(zip(hist["run"], hist["state"]))
+    assert "done" in states["r-done"] and "failed" in states["r-failed"]
+    assert "failed" in states["r-dead"]  # status says running, but its process is gone
+    assert "running" in states["r-running"]
+    assert "Running now" in texts(at.subheader)
+    assert any("attribute** — 40%" in p.proto.text for p in at.get("progress"))
+
+    at.selectbox(key="runs_pick").set_value("r-dead").run()
+    assert "failed" in texts(at.error) and "MemoryError: killed" in texts(at.code)
+    at.selectbox(key="runs_pick").set_value("r-failed").run()
+    assert "CUDA out of memory" in texts(at.code)
+
+    at.button(key="cancel_r-running").click().run()
+    assert not at.exception
+    t0 = time.monotonic()
+    while proc.poll() is None and time.monotonic() - t0 < 10:
+        time.sleep(0.05)
+    assert proc.poll() is not None
+    assert jobs.run_info(ws, "r-running")["state"] == "cancelled"
+
+
+def test_influence_page(populated):
+    ws, _ = populated
+    at = open_page("pages/influence.py")
+    assert by_label(at.selectbox, "Run").value == "r-done"
+    assert by_label(at.selectbox, "Prompt").value == "q00"
+    helpful = at.dataframe[0].value
+    assert list(helpful["rank"])[:3] == [1, 2, 3] and int(helpful["doc_id"].iloc[0]) == 0
+    assert (helpful["score"] > 0).all() and "source" in helpful.columns
+    harmful = at.dataframe[1].value
+    assert (harmful["score"] < 0).all()
+    md = texts(at.markdown)
+    assert "Positive = helpful" in md
+    # Document text is escaped; shared n-grams are highlighted.
+    assert "&lt;script&gt;" in md and "<script>" not in md
+    assert "<mark>json.dumps(obj) returns a str</mark>" in md
+    assert "<b>" not in md.split("<span")[1].split("</span>")[0]  # continuation's markup escaped too
+    # Cross-prompt view: doc 0 is helpful for all three prompts.
+    rec = [d.value for d in at.dataframe if "n_queries" in d.value.columns][0]
+    assert int(rec.iloc[0]["doc_id"]) == 0 and int(rec.iloc[0]["n_queries"]) == 3
+
+    by_label(at.selectbox, "Prompt").set_value("q02").run()
+    assert not at.exception and "match many strings" in texts(at.markdown)
+
+
+def test_influence_page_without_corpus_shows_snippets(populated):
+    ws, _ = populated
+    make_run(ws, "r-orphan", "done", attributions=True, corpus="gone")
+    at = open_page("pages/influence.py")
+    by_label(at.selectbox, "Run").set_value("r-orphan").run()
+    assert not at.exception
+    assert "stored snippet only" in texts(at.warning) and "'gone'" in texts(at.warning)
+
+
+def test_audit_pages(populated):
+    at = open_page("pages/contamination.py")
+    vals = {m.label: m.value for m in at.metric}
+    assert vals["Items checked"] == "2" and vals["Items flagged as leaked"] == "1"
+    assert "&lt;str&gt;" in texts(at.markdown)
+    at.toggle(key="contam_only_leaked").set_value(True).run()
+    assert len(at.dataframe[0].value) == 1
+
+    at = open_page("pages/selection.py")
+    vals = {m.label: m.value for m in at.metric}
+    assert vals == {"Documents scored": "30", "Keep": "20", "Drop": "10"}
+    at.multiselect(key="selection_filter").set_value(["drop"]).run()
+    assert set(at.dataframe[0].value["decision"]) == {"drop"}
+
+    by_label(at.selectbox, "Run").set_value("r-failed").run()  # no selection.parquet, no attributions
+    assert "has not been run" in texts(at.info) and not at.exception
