@@ -72,11 +72,19 @@ def fmt_bytes(n: float | None) -> str:
     return f"{n:.1f} GB"
 
 
-STATE_ICONS = {"queued": "⏳", "running": "🔄", "done": "✅", "failed": "❌", "cancelled": "⏹️", "unknown": "❔"}
+STATE_BADGES = {"queued": ("gray", "schedule"), "running": ("blue", "autorenew"), "done": ("green", "check_circle"),
+                "failed": ("red", "error"), "cancelled": ("orange", "cancel"), "unknown": ("gray", "help")}
 
 
 def state_label(state: str) -> str:
-    return f"{STATE_ICONS.get(state, '')} {state}".strip()
+    """Plain-text state (tables, select boxes)."""
+    return state
+
+
+def state_badge(state: str) -> str:
+    """Markdown badge of a run state (colour + Material icon; no emoji fonts needed)."""
+    color, icon = STATE_BADGES.get(state, ("gray", "help"))
+    return f":{color}-badge[:material/{icon}: {state}]"
 
 
 def pick_run(runs: list[dict], key: str, label: str = "Run", require: str | None = None,
@@ -112,7 +120,7 @@ def sidebar(active: list[dict]) -> None:
         st.caption(f"Workspace: `{ws.root}`")
         for r in active:
             pct = int(round(100 * (r.get("progress") or 0)))
-            st.caption(f"{state_label(r['state'])} **{r['run']}** — {r.get('stage') or 'starting'} {pct}%")
+            st.caption(f"{state_badge(r['state'])} **{r['run']}** — {r.get('stage') or 'starting'} {pct}%")
         if active:
             st.page_link(PAGE_RUNS, label="Watch running jobs", icon=":material/monitoring:")
 

@@ -64,9 +64,9 @@ def recurrence_heatmap(scores: pd.DataFrame, doc_ids: list[int], query_ids: list
 
 
 def shard_bars(stats: pd.DataFrame) -> go.Figure:
-    fig = px.bar(stats, x="shard", y="n_docs", hover_data=["n_chars"])
+    fig = px.bar(stats.assign(shard=stats["shard"].astype(str)), x="shard", y="n_docs", hover_data=["n_chars"])
     fig.update_layout(title="Documents per shard", xaxis_title="shard", yaxis_title="documents",
-                      **{**_LAYOUT, "height": 260})
+                      xaxis=dict(type="category"), **{**_LAYOUT, "height": 220})
     return fig
 
 

@@ -19,9 +19,15 @@ logger = logging.getLogger(__name__)
 
 
 def app_script() -> Path:
+    """dashboard/app.py of the installed package (also when an old editable install maps it as a namespace)."""
     import dashboard
 
-    return Path(dashboard.__file__).resolve().parent / "app.py"
+    if getattr(dashboard, "__file__", None):
+        return Path(dashboard.__file__).resolve().parent / "app.py"
+    for d in dashboard.__path__:
+        if (Path(d) / "app.py").is_file():
+            return Path(d).resolve() / "app.py"
+    raise StrideError("cannot find dashboard/app.py: reinstall the package (pip install -e .)")
 
 
 def port_free(host: str, port: int) -> bool:
@@ -37,7 +43,7 @@ def port_free(host: str, port: int) -> bool:
 def streamlit_command(host: str, port: int) -> list[str]:
     return [sys.executable, "-m", "streamlit", "run", str(app_script()),
             "--server.address", host, "--server.port", str(port), "--server.headless", "true",
-            "--browser.gatherUsageStats", "false"]
+            "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal"]
 
 
 def cmd_app(args) -> None:

@@ -171,8 +171,8 @@ def test_influence_page(populated):
     assert (helpful["score"] > 0).all() and "source" in helpful.columns
     harmful = at.dataframe[1].value
     assert (harmful["score"] < 0).all()
+    assert "Positive = helpful" in texts(at.info) and "loss units" in texts(at.info)
     md = texts(at.markdown)
-    assert "Positive = helpful" in md
     # Document text is escaped; shared n-grams are highlighted.
     assert "&lt;script&gt;" in md and "<script>" not in md
     assert "<mark>json.dumps(obj) returns a str</mark>" in md

@@ -15,11 +15,11 @@ ws = common.workspace()
 root = str(ws.root)
 st.title("Influence explorer")
 
-SIGN_NOTE = ("**Reading the scores.** A score is an estimated change in the query's loss, in loss units (nats, the "
-             "same units as the model's cross-entropy on the continuation). **Positive = helpful**: including the "
-             "document in training *lowers* the loss of this continuation, i.e. it pushed the model towards writing "
-             "it. **Negative = harmful**: the document pushed the model away from it. Scores are sparse estimates "
-             "from STRIDE's Lasso recovery; only the top documents in each direction are stored.")
+SIGN_NOTE = ("**Scores are in loss units** (nats, like the model's cross-entropy on the continuation): the estimated "
+             "change in this continuation's loss due to the document being in the training data. **Positive = "
+             "helpful**: the document lowers the loss, i.e. pushed the model towards writing this continuation. "
+             "**Negative = harmful**: it pushed the model away from it. Scores come from STRIDE's sparse (Lasso) "
+             "recovery; only the top documents in each direction are stored.")
 
 with common.guard("the Influence explorer"):
     runs = jobs.list_runs(ws)
@@ -54,32 +54,34 @@ with common.guard("the Influence explorer"):
     cont = "" if cont is None or (isinstance(cont, float) and cont != cont) else str(cont)
     common.html_block(f"<b>{html.escape(prompt)}</b><span style='color:#1565c0'>{html.escape(cont)}</span>", max_height=160)
     st.caption("Bold: the prompt. Blue: the model's continuation — the text whose loss STRIDE attributes.")
-    with st.expander("How to read the scores", expanded=False):
-        st.markdown(SIGN_NOTE)
+    st.info(SIGN_NOTE, icon=":material/info:")
 
     rk = queries.rankings(path, qid, version)
     k_max = int(rk.groupby("direction").size().max()) if len(rk) else 1
-    top = st.slider("Documents per direction", 1, max(1, k_max), min(10, k_max), key="influence_top") if k_max > 1 else 1
+    top = st.slider("Documents per direction", 1, max(2, k_max), min(10, k_max), key="influence_top") if k_max > 1 else 1
     helpful = rk[rk["direction"] == "helpful"].sort_values("rank").head(top)
     harmful = rk[rk["direction"] == "harmful"].sort_values("rank").head(top)
     show_cols = ["rank", "doc_id", "score", *meta, *(["snippet"] if "snippet" in rk.columns else [])]
-    col_cfg = {"score": st.column_config.NumberColumn("score", format="%.4g", help="Δ loss; > 0 helpful, < 0 harmful"),
-               "snippet": st.column_config.TextColumn("snippet", width="large")}
+    col_cfg = {"score": st.column_config.NumberColumn("score", format="%+.4g", help="Δ loss; > 0 helpful, < 0 harmful"),
+               "snippet": st.column_config.TextColumn("snippet", width="medium")}
 
-    t_help, t_harm, t_chart, t_dist, t_cross = st.tabs(
-        ["Helpful", "Harmful", "Chart", "Score distribution", "Across prompts"])
-    with t_help:
-        st.caption("Documents whose inclusion lowers the loss of this continuation (positive scores), strongest first.")
+    c_help, c_harm = st.columns(2)
+    with c_help:
+        st.markdown("#### :green[:material/thumb_up:] Helpful")
+        st.caption("Including the document lowers this continuation's loss (score > 0).")
         if helpful.empty:
             st.info("No helpful documents were recovered for this prompt (all recovered scores are ≤ 0).")
         else:
             st.dataframe(helpful[show_cols], hide_index=True, key="helpful_table", column_config=col_cfg)
-    with t_harm:
-        st.caption("Documents whose inclusion raises the loss of this continuation (negative scores), strongest first.")
+    with c_harm:
+        st.markdown("#### :red[:material/thumb_down:] Harmful")
+        st.caption("Including the document raises this continuation's loss (score < 0).")
         if harmful.empty:
             st.info("No harmful documents were recovered for this prompt.")
         else:
             st.dataframe(harmful[show_cols], hide_index=True, key="harmful_table", column_config=col_cfg)
+
+    t_chart, t_dist, t_cross = st.tabs(["Chart", "Score distribution", "Across prompts"])
     with t_chart:
         st.plotly_chart(figures.ranking_bars(rk, meta, top=top), key="ranking_chart")
     with t_dist:
@@ -137,8 +139,10 @@ with common.guard("the Influence explorer"):
     with c1:
         st.metric("Score", f"{float(row.score):+.4g}", help="Δ loss; > 0 helpful, < 0 harmful")
         st.metric("Shared n-grams", n_shared)
-        st.json({k: (v.item() if hasattr(v, "item") else v) for k, v in doc.items()
-                 if v is not None and str(v) != "nan"}, expanded=False)
+        for k, v in doc.items():
+            if v is not None and str(v) not in ("nan", "None", "<NA>"):
+                shown_v = str(v)[:80].replace("`", "'")
+                st.caption(f"**{k}**: `{shown_v}`")
     with c2:
         common.html_block(marked, max_height=480)
     st.download_button("Download this prompt's rankings (CSV)", queries.to_csv_bytes(rk),

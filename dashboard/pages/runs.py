@@ -28,7 +28,7 @@ def _metric_cols(metrics: dict) -> None:
 def _live_card(r: dict) -> None:
     with st.container(border=True):
         head, btn = st.columns([5, 1])
-        head.markdown(f"**{r['run']}** · {common.state_label(r['state'])} · corpus `{r.get('corpus') or '?'}` · "
+        head.markdown(f"**{r['run']}** {common.state_badge(r['state'])} · corpus `{r.get('corpus') or '?'}` · "
                       f"preset `{r.get('preset') or '?'}` · {r.get('n_prompts') or '?'} prompt(s)")
         if btn.button("Cancel", key=f"cancel_{r['run']}", help="Stop the job (kills its process group)."):
             with common.guard("cancelling the job"):
@@ -118,7 +118,7 @@ with common.guard("the Runs page"):
             st.json(r["provenance"])
         else:
             st.caption("No provenance.json yet (the engine writes it when the run starts).")
-    with st.expander("Job log (last lines)", expanded=r["state"] == "failed"):
+    with st.expander("Job log (last lines)", expanded=r["state"] == "failed" and "job.log" not in (r.get("error") or "")):
         tail = jobs.log_tail(Path(r["run_dir"]), n_lines=60)
         st.code(tail or "(no job.log: the run was not started from the dashboard)", language="text")
     st.caption(f"Run folder: `{r['run_dir']}`")
