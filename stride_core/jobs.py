@@ -292,7 +292,7 @@ def _launch(ws: Workspace, run: str, job: dict) -> dict:
     if job.get("ensure_corpus"):
         wrapper += ["--ensure-corpus", job["ensure_corpus"]]
     if job.get("ensure_model_preset"):
-        wrapper += ["--ensure-model", job["ensure_model_preset"]]
+        wrapper += ["--ensure-model", job["ensure_model_preset"], "--device", job.get("device") or "auto"]
     wrapper += ["--", *job["command"]]
     env = dict(os.environ, STRIDE_WORKSPACE=str(ws.root), PYTHONUNBUFFERED="1")
     env.setdefault("HF_HUB_OFFLINE", "1")
@@ -487,6 +487,7 @@ def _exec_main(argv: list[str]) -> int:
     p.add_argument("--run", required=True)
     p.add_argument("--ensure-corpus", default=None)
     p.add_argument("--ensure-model", default=None, choices=list(PRESETS))
+    p.add_argument("--device", default="auto", help="device for training the built-in model")
     p.add_argument("command", nargs=argparse.REMAINDER)
     args = p.parse_args(argv)
     cmd = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -507,7 +508,7 @@ def _exec_main(argv: list[str]) -> int:
             if args.ensure_model:
                 from .demo import ensure_default_model
 
-                ensure_default_model(ws, args.ensure_model, device=resolve_device("auto"), progress=False)
+                ensure_default_model(ws, args.ensure_model, device=resolve_device(args.device), progress=False)
             else:
                 from .corpus import list_corpora
                 from .pydocs import build_default_corpus

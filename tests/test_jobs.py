@@ -132,3 +132,14 @@ def test_start_job_rejects_bad_input(ws, monkeypatch):
 def test_stage_eta():
     assert jobs.stage_eta(0.5, 10.0) == pytest.approx(10.0)
     assert jobs.stage_eta(0.0, 10.0) is None and jobs.stage_eta(1.0, 10.0) is None
+
+
+def test_job_builds_the_default_corpus_first(ws, monkeypatch):
+    from stride_core.corpus import list_corpora
+
+    _start(ws, monkeypatch, "done", ensure_corpus="pydocs")
+    info = wait_for(lambda: (lambda r: r if r["state"] in ("done", "failed") and not r["alive"] else None)(
+        jobs.run_info(ws, "job1")), timeout=120)
+    assert info["state"] == "done", info["error"]
+    assert "pydocs" in [c["name"] for c in list_corpora(ws)]
+    assert "--ensure-corpus" not in info["job"]["command"]  # the wrapper's option, not the engine's
