@@ -210,3 +210,42 @@ def test_audit_pages(populated):
 
     by_label(at.selectbox, "Run").set_value("r-failed").run()  # no selection.parquet, no attributions
     assert "has not been run" in texts(at.info) and not at.exception
+
+
+def test_highlight_escapes_and_marks_shared_ngrams():
+    from dashboard.highlight import highlight_html, shared_ngrams
+
+    doc = "Use <b>json.dumps</b>(obj) to get a str & more; of the of the"
+    html_out, n = highlight_html(doc, "call json.dumps obj to get it, of the", n=2)
+    assert "<b>" not in html_out and "&lt;b&gt;" in html_out and "&amp;" in html_out
+    assert "&lt;b&gt;<mark>json.dumps</mark>&lt;/b&gt;(<mark>obj) to get</mark> a str" in html_out
+    assert ("of", "the") not in shared_ngrams(doc, "of the", 2)  # stopword-only n-grams are not highlighted
+    assert n == len(shared_ngrams(doc, "call json.dumps obj to get it, of the", 2))
+    assert highlight_html("<x>", "nothing", 3) == ("&lt;x&gt;", 0)
+
+
+def test_stride_app_command(tmp_path, monkeypatch):
+    import socket
+
+    from stride_core import app_cli
+    from stride_core.cli import main
+
+    started, execs = [], []
+    monkeypatch.setattr(jobs, "start_demo_job", lambda ws, preset, device: started.append(preset) or {"pid": 1})
+    monkeypatch.setattr(app_cli.os, "execve", lambda exe, argv, env: execs.append((argv, env)))
+    root = tmp_path / "ws"
+    assert main(["--workspace", str(root), "app", "--port", "8765", "--demo-preset", "ci"]) == 0
+    assert started == ["ci"]
+    argv, env = execs[-1]
+    assert argv[1:4] == ["-m", "streamlit", "run"] and Path(argv[4]) == Path(APP).resolve()
+    assert argv[argv.index("--server.port") + 1] == "8765" and argv[argv.index("--server.address") + 1] == "127.0.0.1"
+    assert env["STRIDE_WORKSPACE"] == str(root.resolve())
+    (root / "runs" / "demo").mkdir(parents=True)
+    assert main(["--workspace", str(root), "app", "--port", "8765"]) == 0 and started == ["ci"]  # demo exists
+    assert main(["--workspace", str(tmp_path / "other"), "app", "--no-demo", "--port", "8765"]) == 0
+    assert started == ["ci"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        busy = s.getsockname()[1]
+        assert main(["--workspace", str(root), "app", "--port", str(busy)]) == 2  # clear error, no traceback
