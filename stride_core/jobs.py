@@ -334,31 +334,57 @@ def cancel_job(ws: Workspace, run: str, grace_s: float = 5.0) -> bool:
     return True
 
 
+def _group_alive(pgid: int) -> bool:
+    """Whether any live (non-zombie) process is left in process group `pgid`."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        try:
+            os.killpg(pgid, 0)
+            return True
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+    for d in proc.iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2:].split()
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
+            return True
+    return False
+
+
 def _kill_group(pid: int, grace_s: float) -> None:
+    """SIGTERM the job's process group, SIGKILL what is left after `grace_s`, wait until all are gone."""
+    job_alive(pid)  # reap the leader if it already exited
     try:
         pgid = os.getpgid(pid)
     except ProcessLookupError:
-        return
+        # The leader is gone; jobs lead their own group (start_new_session), so pgid == pid for the rest.
+        if not _group_alive(pid):
+            return
+        pgid = pid
     if pgid == os.getpgid(0):  # never signal our own group (a job started without its own session)
-        targets = lambda sig: os.kill(pid, sig)  # noqa: E731
+        send = lambda sig: os.kill(pid, sig)  # noqa: E731
+        alive = lambda: job_alive(pid)  # noqa: E731
     else:
-        targets = lambda sig: os.killpg(pgid, sig)  # noqa: E731
-    try:
-        targets(signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline:
-        if not job_alive(pid):
-            break
-        time.sleep(0.1)
-    try:
-        targets(signal.SIGKILL)  # also reaches children that outlived their parent
-    except ProcessLookupError:
-        pass
-    deadline = time.monotonic() + 2.0
-    while job_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
+        send = lambda sig: os.killpg(pgid, sig)  # noqa: E731
+        alive = lambda: job_alive(pid) or _group_alive(pgid)  # noqa: E731
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
+        try:
+            send(sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            if not alive():
+                return
+            time.sleep(0.05)
+    logger.warning("processes of job group %d are still alive after SIGKILL", pgid)
 
 
 # ---------------------------------------------------------------------------------------- runs
