@@ -25,13 +25,13 @@ its results (`attributions.parquet`, later `contamination.parquet`, `selection.p
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import logging
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -222,25 +222,45 @@ def run_command(ws: Workspace, run: str, corpus: str, model: str | Path, prompts
     return cmd + list(extra_args or [])
 
 
-@functools.lru_cache(maxsize=1)
 def _engine_probe() -> tuple[bool, str]:
-    """(whether `stride run` exists, its --help text), from one subprocess, cached per process."""
+    """(whether `stride run` exists, its --help text), from one subprocess."""
     try:
         res = subprocess.run([sys.executable, "-m", "stride_core.cli", "run", "--help"], capture_output=True,
-                             text=True, timeout=60, stdin=subprocess.DEVNULL)
+                             text=True, timeout=120, stdin=subprocess.DEVNULL)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return False, str(exc)
     return res.returncode == 0, (res.stdout if res.returncode == 0 else res.stderr)
 
 
-def engine_available() -> bool:
-    """Whether the engine's `stride run` subcommand is installed (the command every job runs)."""
-    return _engine_probe()[0]
+_probe_lock = threading.Lock()
+_probe: dict = {"thread": None, "result": None}
 
 
-def engine_help() -> str:
-    ok, text = _engine_probe()
-    return text if ok else ""
+def engine_status(wait_s: float = 0.0) -> tuple[bool, str] | None:
+    """Probe for the engine's `stride run` once per process, in a background thread (importing the engine
+    can take seconds): the result, or None while the probe still runs after `wait_s` seconds."""
+    with _probe_lock:
+        if _probe["result"] is None and _probe["thread"] is None:
+            def work():
+                _probe["result"] = _engine_probe()
+
+            _probe["thread"] = threading.Thread(target=work, name="stride-engine-probe", daemon=True)
+            _probe["thread"].start()
+        thread = _probe["thread"]
+    if _probe["result"] is None and wait_s > 0 and thread is not None:
+        thread.join(wait_s)
+    return _probe["result"]
+
+
+def engine_available(wait_s: float = 0.0) -> bool | None:
+    """Whether the engine's `stride run` (the command every job runs) is installed; None: not known yet."""
+    res = engine_status(wait_s)
+    return None if res is None else res[0]
+
+
+def engine_help(wait_s: float = 0.0) -> str:
+    res = engine_status(wait_s)
+    return res[1] if res and res[0] else ""
 
 
 def suggest_run_name(ws: Workspace, prefix: str = "run") -> str:

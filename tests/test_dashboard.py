@@ -24,7 +24,7 @@ PAGES = ["pages/setup.py", "pages/runs.py", "pages/influence.py", "pages/contami
 @pytest.fixture(autouse=True)
 def _no_engine_probe(monkeypatch):
     # The Setup page asks whether `stride run` exists (a subprocess); answer directly in tests.
-    monkeypatch.setattr(jobs, "_engine_probe", lambda: (True, "usage: stride run [--run RUN] ..."))
+    monkeypatch.setitem(jobs._probe, "result", (True, "usage: stride run [--run RUN] ..."))
 
 
 @pytest.fixture

@@ -143,3 +143,12 @@ def test_job_builds_the_default_corpus_first(ws, monkeypatch):
     assert info["state"] == "done", info["error"]
     assert "pydocs" in [c["name"] for c in list_corpora(ws)]
     assert "--ensure-corpus" not in info["job"]["command"]  # the wrapper's option, not the engine's
+
+
+def test_engine_probe_reports_the_run_command():
+    ok, text = jobs._engine_probe()
+    assert isinstance(ok, bool)
+    if ok:
+        assert "--run" in text and "--prompts" in text
+    else:
+        assert "run" in text  # argparse's "invalid choice: 'run'"

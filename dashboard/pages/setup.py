@@ -168,7 +168,7 @@ with common.guard("the settings section"):
             st.error(f"Cannot parse the extra options: {exc}")
             problems.append("unparsable extra options")
         with st.expander("`stride run` options"):
-            st.code(jobs.engine_help() or "(the engine's `stride run` command is not available here)", language="text")
+            st.code(jobs.engine_help(wait_s=10) or "(the engine's `stride run` command is not available here)", language="text")
     if "run_name" not in st.session_state:
         st.session_state["run_name"] = jobs.suggest_run_name(ws)
     run_name = c2.text_input("Run name", key="run_name", help="Letters, digits, '_' or '-'; becomes runs/<name>/.")
@@ -190,7 +190,7 @@ if kind == "builtin":
     else:
         st.info(f"The built-in model ({model_preset} preset) is not trained yet: the job trains it first "
                 f"({'about a minute' if model_preset == 'ci' else 'several minutes'} on a CPU).")
-if not jobs.engine_available():
+if jobs.engine_available(wait_s=0.5) is False:
     st.warning("The STRIDE engine command `stride run` is not available in this installation yet: a job would fail.")
 
 if problems:
