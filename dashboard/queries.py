@@ -181,7 +181,8 @@ def _direction_expr(cols: list[str]) -> str:
 
 def attribution_meta_columns(path: str, version: float) -> list[str]:
     """Corpus metadata columns carried in attributions.parquet (e.g. source, object)."""
-    core = {"query_id", "prompt", "continuation", "rank", "doc_id", "score", "snippet", "direction", *RESERVED_COLUMNS}
+    core = {"query_id", "prompt", "continuation", "rank", "doc_id", "score", "snippet", "direction", "query_loss",
+            *RESERVED_COLUMNS}
     return [c for c in parquet_columns(path, version) if c not in core]
 
 
@@ -190,7 +191,9 @@ def run_queries(path: str, version: float) -> pd.DataFrame:
     """One row per query: query_id, prompt, continuation, number of ranked documents."""
     cols = parquet_columns(path, version)
     cont = "any_value(continuation)" if "continuation" in cols else "NULL"
-    return _pq_df(Path(path), f"""SELECT query_id, any_value(prompt) AS prompt, {cont} AS continuation,
+    loss = "any_value(query_loss)" if "query_loss" in cols else "NULL"
+    return _pq_df(Path(path), f"""SELECT CAST(query_id AS VARCHAR) AS query_id, any_value(prompt) AS prompt,
+                                        {cont} AS continuation, {loss} AS query_loss,
                                         count(*) AS n_rows, max(score) AS top_score
                                  FROM t GROUP BY query_id ORDER BY query_id""")
 

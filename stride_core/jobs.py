@@ -465,7 +465,9 @@ def _run_info(run_dir: Path) -> dict:
     info["elapsed_s"] = max(0.0, end - st.started_at)
     info["stage_elapsed_s"] = max(0.0, end - st.stage_started_at)
     info["eta_s"] = stage_eta(st.progress, info["stage_elapsed_s"]) if state == "running" else None
-    merged = {**job, **args}  # the engine's args.json wins over what was requested
+    # The engine's args.json ({"run", "index": {corpus, model, shards, cache, subsets, operators}}) wins over
+    # what was requested (job.json).
+    merged = {**job, **args, **(args.get("index") if isinstance(args.get("index"), dict) else {})}
     info["corpus"] = merged.get("corpus")
     info["model"] = merged.get("model") or merged.get("model_dir")
     info["preset"] = merged.get("preset")

@@ -43,7 +43,7 @@ def attributions_frame(n_docs: int = 30, k: int = 5) -> pd.DataFrame:
                 doc = 0 if (direction == "helpful" and rank == 1) else (qi * 7 + rank * 3 + (0 if sign > 0 else 1)) % n_docs
                 topic = TOPICS[doc % len(TOPICS)]
                 rows.append(dict(query_id=qid, prompt=prompt, continuation=cont, rank=rank, doc_id=doc,
-                                 score=sign * (0.5 / rank + 0.01 * qi), direction=direction,
+                                 score=sign * (0.5 / rank + 0.01 * qi), direction=direction, query_loss=3.25 + qi,
                                  snippet=f"Document {doc} about the {topic} module.", source=topic,
                                  object=f"{topic}.thing{doc}"))
     return pd.DataFrame(rows)
@@ -53,8 +53,10 @@ def make_run(ws: Workspace, run: str, state: str, *, attributions: bool = False,
              pid: int | None = None, error: str | None = None, corpus: str = "tiny") -> Path:
     d = ws.run_dir(run)
     d.mkdir(parents=True, exist_ok=True)
-    (d / "args.json").write_text(json.dumps({"run": run, "corpus": corpus, "model": "/models/tiny", "preset": "ci",
-                                             "device": "cpu", "n_prompts": len(PROMPTS)}))
+    # The engine's layout: {"run", "index": {corpus, model, shards, cache, subsets, operators}}.
+    (d / "args.json").write_text(json.dumps({"run": run, "index": {
+        "corpus": corpus, "model": "/models/tiny", "shards": None, "cache": {"max_tokens": 64},
+        "subsets": {"K": 8, "S": 2}, "operators": {"R": 4, "steps": 10}}}))
     (d / "provenance.json").write_text(json.dumps({"version": "0.1.0", "git_sha": "abc123", "device": "cpu",
                                                    "time": "2026-11-24T00:00:00"}))
     now = time.time()

@@ -122,6 +122,9 @@ def test_start_button_launches_a_job_and_opens_runs(populated, tmp_path, monkeyp
     assert "looks valid" in texts(at.success)
     by_label(at.multiselect, "Shards to index").set_value([0, 2]).run()
     at.text_input(key="run_name").input("from-ui").run()
+    at.radio(key="preset_choice").set_value("custom").run()
+    at.number_input(key="custom_ci_--K").set_value(16).run()
+    at.text_input(key="extra_args").input("--positive").run()
     by_label(at.button, "Start run").click().run()
     assert not at.exception, [e.value for e in at.exception]
     assert [t.value for t in at.title] == ["Runs"]  # switched to the Runs page
@@ -129,6 +132,8 @@ def test_start_button_launches_a_job_and_opens_runs(populated, tmp_path, monkeyp
     assert job["model"] == str(model) and job["corpus"] == "tiny" and job["shards"] == [0, 2]
     assert job["n_prompts"] == len(jobs.load_prompt_file(jobs.sample_prompts_path()))
     assert job["ensure_corpus"] is None and job["ensure_model_preset"] is None
+    assert job["preset"] == "ci" and job["extra_args"][job["extra_args"].index("--K") + 1] == "16"
+    assert job["extra_args"][-1] == "--positive" and "--steps" in job["extra_args"]
     t0 = time.monotonic()
     while jobs.run_info(ws, "from-ui")["state"] != "done" and time.monotonic() - t0 < 20:
         time.sleep(0.1)
@@ -144,6 +149,7 @@ def test_runs_page_history_failed_and_cancel(populated):
     assert "done" in states["r-done"] and "failed" in states["r-failed"]
     assert "failed" in states["r-dead"]  # status says running, but its process is gone
     assert "running" in states["r-running"]
+    assert set(hist["corpus"]) == {"tiny"} and set(hist["model"]) == {"tiny"}  # read from the engine's args.json
     assert "Running now" in texts(at.subheader)
     assert any("attribute** — 40%" in p.proto.text for p in at.get("progress"))
 
@@ -172,6 +178,8 @@ def test_influence_page(populated):
     harmful = at.dataframe[1].value
     assert (harmful["score"] < 0).all()
     assert "Positive = helpful" in texts(at.info) and "loss units" in texts(at.info)
+    assert "loss on it: 3.250 nats" in texts(at.caption)
+    assert "query_loss" not in helpful.columns  # not a metadata column
     md = texts(at.markdown)
     # Document text is escaped; shared n-grams are highlighted.
     assert "&lt;script&gt;" in md and "<script>" not in md

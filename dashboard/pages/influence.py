@@ -53,7 +53,9 @@ with common.guard("the Influence explorer"):
     cont = by_q.loc[qid, "continuation"]
     cont = "" if cont is None or (isinstance(cont, float) and cont != cont) else str(cont)
     common.html_block(f"<b>{html.escape(prompt)}</b><span style='color:#1565c0'>{html.escape(cont)}</span>", max_height=160)
-    st.caption("Bold: the prompt. Blue: the model's continuation — the text whose loss STRIDE attributes.")
+    qloss = by_q.loc[qid, "query_loss"] if "query_loss" in by_q.columns else None
+    st.caption("Bold: the prompt. Blue: the model's continuation — the text whose loss STRIDE attributes."
+               + (f" The model's loss on it: {float(qloss):.3f} nats." if qloss is not None and qloss == qloss else ""))
     st.info(SIGN_NOTE, icon=":material/info:")
 
     rk = queries.rankings(path, qid, version)

@@ -19,8 +19,33 @@ PRESET_HELP = {
           "and for tests; rankings are noisy.",
     "default": "The full recipe: K=1000 subsets, 10 per document, rank-16 operators, 300 steps. Minutes on a GPU, "
                "much longer on a CPU for large corpora.",
-    "custom": "Start from ci or default and pass any further `stride run` options (see the options list below).",
+    "custom": "Start from ci or default and change the main settings (subsets, rank, steps, documents kept) or pass "
+              "any further `stride run` option.",
 }
+
+# `stride run` options offered as number inputs for the custom preset: flag -> (label, fallback, help).
+CUSTOM_FIELDS = {
+    "--K": ("Subsets K", 64, "Number of random corpus subsets (one steering operator each). More subsets: "
+                             "better recovery, more time. Must not exceed the number of documents."),
+    "--S": ("Subsets per document S", 4, "How many subsets each document joins."),
+    "--R": ("Basis rank R", 8, "Rank of the shared steering basis."),
+    "--steps": ("Operator training steps", 40, "Training steps of the steering operators."),
+    "--top-k": ("Documents kept per direction", 50, "How many helpful and harmful documents to store per prompt."),
+    "--max-new-tokens": ("Continuation tokens", 32, "Length of the model's greedy continuation that is attributed."),
+}
+
+
+def _preset_values(name: str) -> dict:
+    """The preset's values for CUSTOM_FIELDS, from the engine's argument dataclasses (empty if unavailable)."""
+    try:
+        from stride_core.arguments import AttributeArgs, preset
+    except ImportError:
+        return {}
+    p = preset(name)
+    a = AttributeArgs()
+    return {"--K": p["subsets"].K, "--S": p["subsets"].S, "--R": p["operators"].R, "--steps": p["operators"].steps,
+            "--top-k": a.top_k, "--max-new-tokens": a.max_new_tokens}
+
 
 ws = common.workspace()
 root = str(ws.root)
@@ -161,9 +186,17 @@ with common.guard("the settings section"):
     preset = choice
     if choice == "custom":
         preset = c1.selectbox("Base preset", ["ci", "default"], key="custom_base")
-        raw_extra = c1.text_input("Extra `stride run` options", key="extra_args", placeholder="--top-k 100")
+        base = _preset_values(preset)
+        if base:
+            k1, k2, k3 = st.columns(3)
+            for i, (flag, (label, default, help_)) in enumerate(CUSTOM_FIELDS.items()):
+                value = base.get(flag, default)
+                v = (k1, k2, k3)[i % 3].number_input(label, min_value=1, value=int(value), step=1,
+                                                      key=f"custom_{preset}_{flag}", help=help_)
+                extra_args += [flag, str(int(v))]
+        raw_extra = c1.text_input("Further `stride run` options", key="extra_args", placeholder="--lr 0.001 --positive")
         try:
-            extra_args = shlex.split(raw_extra)
+            extra_args += shlex.split(raw_extra)
         except ValueError as exc:
             st.error(f"Cannot parse the extra options: {exc}")
             problems.append("unparsable extra options")
