@@ -107,6 +107,95 @@ def cmd_model_check(args):
           f"{model.config.num_hidden_layers} layers, context {getattr(model.config, 'max_position_embeddings', None) or getattr(model.config, 'n_positions', None)}")
 
 
+# ------------------------------------------------------------------------------- index / attribute
+
+
+def _config_from_args(args):
+    from .pipeline import make_config
+
+    overrides = {}
+    for stage, names in (("cache", ("layer", "max_tokens")), ("subsets", ("K", "S", "seed")),
+                         ("operators", ("R", "steps", "lr", "fidelity_weight", "stability_weight", "linearity_weight", "temperature"))):
+        for n in names:
+            v = getattr(args, n, None)
+            if v is not None:
+                overrides[f"{stage}.{n}"] = v
+    shards = [int(s) for s in args.shards.split(",")] if getattr(args, "shards", None) else None
+    return make_config(args.corpus, args.model, args.preset, shards=shards, **overrides)
+
+
+def _attr_args(args):
+    from .arguments import AttributeArgs
+
+    alpha = args.alpha if args.alpha == "auto" else float(args.alpha)
+    return AttributeArgs(top_k=args.top_k, max_new_tokens=args.max_new_tokens, alpha=alpha, positive=args.positive, device=args.device)
+
+
+def cmd_index(args):
+    from .pipeline import index
+
+    rdir = index(_ws(args), args.run, _config_from_args(args), device=args.device, overwrite=args.overwrite, progress=not args.no_progress)
+    print(f"indexed run {args.run!r} in {rdir}")
+
+
+def _print_top(df, n=5):
+    for qid, g in df[df["direction"] == "helpful"].groupby("query_id", sort=False):
+        first = g.iloc[0]
+        print(f"\n[{qid}] {first['prompt']!r} -> {first['continuation']!r}")
+        for _, r in g.head(n).iterrows():
+            src = r.get("source", "")
+            print(f"  {int(r['rank']):>2}. doc {int(r['doc_id']):>6}  {r['score']:+.2e}  {src}  {r['snippet'][:70]!r}")
+
+
+def cmd_attribute(args):
+    from .pipeline import attribute
+
+    df = attribute(_ws(args), args.run, args.prompts, _attr_args(args), out=args.out, progress=not args.no_progress)
+    _print_top(df)
+    print(f"\n{df['query_id'].nunique()} prompts, {len(df)} ranked rows" + (f" written to {args.out}" if args.out else ""))
+
+
+def cmd_run(args):
+    from .pipeline import run_all
+
+    df = run_all(_ws(args), args.run, _config_from_args(args), args.prompts, _attr_args(args), device=args.device,
+                 overwrite=args.overwrite, progress=not args.no_progress, out=args.out)
+    _print_top(df, 3)
+
+
+def _add_index_args(x):
+    x.add_argument("--corpus", required=True, help="corpus name in the workspace")
+    x.add_argument("--model", required=True, help="local Hugging Face causal-LM folder (safetensors)")
+    x.add_argument("--run", required=True, help="run name (folder under workspace/runs)")
+    x.add_argument("--preset", choices=["ci", "default"], default="default", help="argument preset; options below override it")
+    x.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    x.add_argument("--shards", default=None, help="comma-separated shard numbers (default: all)")
+    x.add_argument("--overwrite", action="store_true", help="replace a run of the same name with different arguments")
+    x.add_argument("--layer", default=None, help="module name of the steered layer (default: the middle decoder block)")
+    x.add_argument("--max-tokens", dest="max_tokens", type=int, default=None, help="tokens kept per document")
+    x.add_argument("--K", type=int, default=None, help="number of subsets")
+    x.add_argument("--S", type=int, default=None, help="subsets per document")
+    x.add_argument("--seed", type=int, default=None)
+    x.add_argument("--R", type=int, default=None, help="rank of the shared basis")
+    x.add_argument("--steps", type=int, default=None, help="operator training steps")
+    x.add_argument("--lr", type=float, default=None)
+    x.add_argument("--fidelity-weight", dest="fidelity_weight", type=float, default=None)
+    x.add_argument("--stability-weight", dest="stability_weight", type=float, default=None)
+    x.add_argument("--linearity-weight", dest="linearity_weight", type=float, default=None)
+    x.add_argument("--temperature", type=float, default=None)
+
+
+def _add_attr_args(x, with_device=True):
+    x.add_argument("--prompts", required=True, help=".txt (one prompt per line) or .jsonl (field 'prompt')")
+    x.add_argument("--top-k", dest="top_k", type=int, default=50)
+    x.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, default=32, help="greedy continuation length")
+    x.add_argument("--alpha", default="auto", help="Lasso lambda, or 'auto' (held-out subset validation)")
+    x.add_argument("--positive", action="store_true", help="non-negative Lasso (helpful documents only)")
+    x.add_argument("--out", default=None, help="output file (.parquet, .jsonl or .csv)")
+    if with_device:
+        x.add_argument("--device", default="auto")
+
+
 # ------------------------------------------------------------------------------------------ demo
 
 
@@ -171,6 +260,18 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--preset", choices=["ci", "default"], default="default")
     x.add_argument("--device", default="auto")
     x.set_defaults(func=cmd_demo)
+
+    x = sub.add_parser("index", help="cache activations and fit the steering operators for a run", parents=[common])
+    _add_index_args(x)
+    x.set_defaults(func=cmd_index)
+    x = sub.add_parser("attribute", help="attribute prompts with an indexed run: ranked documents per prompt", parents=[common])
+    x.add_argument("--run", required=True)
+    _add_attr_args(x)
+    x.set_defaults(func=cmd_attribute)
+    x = sub.add_parser("run", help="index + attribute in one job (what the dashboard starts)", parents=[common])
+    _add_index_args(x)
+    _add_attr_args(x, with_device=False)
+    x.set_defaults(func=cmd_run)
 
     for register in _extra_registrations():
         register(sub, common)

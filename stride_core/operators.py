@@ -1,0 +1,178 @@
+"""Steering operators: a shared basis B_psi (D -> R, per token) and one R x C steering matrix a_k per
+subset. Steered output of subset k: o~_k(x) = head(z_x + B_psi(h_x) . a_k).
+
+Trained jointly (all subsets batched, no Python loop over K inside a step) with
+- fidelity:  token NLL of the steered model on tokens of subset k's documents ("trained on A_k"),
+- stability: KL(softmax(o_x) || softmax(o~_k(x))) on tokens outside A_k (no global shortcuts),
+- linearity: y_x = Loss(o_x) - Loss(o~_k(x)) for all k must be explainable additively: the
+  fraction of (centred) y_x left outside the span of the JL-sketched design M~ = M R_JL (K x q),
+  ||(I - P) y_x||^2 / ||y_x||^2 with P = M~ (M~^T M~ + gamma I)^-1 M~^T.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .arguments import OperatorArgs
+
+logger = logging.getLogger(__name__)
+
+
+class SteeringOperators(torch.nn.Module):
+    def __init__(self, D: int, C: int, K: int, R: int):
+        super().__init__()
+        self.D, self.C, self.K, self.R = D, C, K, R
+        self.norm = torch.nn.LayerNorm(D, elementwise_affine=False)
+        self.basis = torch.nn.Linear(D, R)  # B_psi
+        self.A = torch.nn.Parameter(torch.zeros(K, R, C))  # a_k; zero = unsteered at init
+
+    def features(self, h: torch.Tensor) -> torch.Tensor:  # (..., D) -> (..., R)
+        return self.basis(self.norm(h))
+
+    def delta(self, h: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """Per-subset batch: h (Kb, P, D), k (Kb,) -> (Kb, P, C)."""
+        return torch.bmm(self.features(h), self.A[k])
+
+    def delta_all(self, h: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """Every subset on the same tokens: h (T, D), k (Kc,) -> (Kc, T, C)."""
+        return torch.einsum("tr,krc->ktc", self.features(h), self.A[k])
+
+    def state(self) -> dict:
+        return {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+
+
+def projection_residual_matrix(design, q: int, gamma: float, seed: int) -> torch.Tensor:
+    """(I - P) for the JL-sketched design, (K, K)."""
+    g = torch.Generator().manual_seed(seed + 7)
+    R_jl = torch.randn(design.N, q, generator=g) / q ** 0.5
+    Mt = torch.sparse.mm(design.sparse(), R_jl)  # (K, q)
+    Mt = Mt - Mt.mean(dim=0, keepdim=True)  # y is centred, so centre the sketch too
+    P = Mt @ torch.linalg.solve(Mt.T @ Mt + gamma * torch.eye(q), Mt.T)
+    return torch.eye(design.K) - P
+
+
+class _TokenSampler:
+    """Samples token rows: of a subset's member documents (fidelity) or of any document (stability)."""
+
+    def __init__(self, cache, design, seed: int):
+        self.offsets = torch.from_numpy(np.asarray(cache.offsets))
+        self.lengths = self.offsets[1:] - self.offsets[:-1]
+        indptr, docs = design.csr()
+        self.indptr = torch.from_numpy(indptr)
+        self.docs = torch.from_numpy(docs)
+        self.sizes = self.indptr[1:] - self.indptr[:-1]
+        self.N = design.N
+        self.g = torch.Generator().manual_seed(seed)
+
+    def _token_in(self, doc: torch.Tensor) -> torch.Tensor:
+        r = torch.rand(doc.shape, generator=self.g)
+        return self.offsets[doc] + (r * self.lengths[doc]).long()
+
+    def members(self, k: torch.Tensor, P: int) -> torch.Tensor:  # (Kb,) -> (Kb, P) token rows
+        r = torch.rand((len(k), P), generator=self.g)
+        pos = self.indptr[k][:, None] + (r * self.sizes[k][:, None]).long()
+        return self._token_in(self.docs[pos])
+
+    def anywhere(self, shape) -> torch.Tensor:
+        return self._token_in(torch.randint(0, self.N, shape, generator=self.g))
+
+
+class _Rows:
+    """Token rows of a FeatureCache as tensors (in RAM when it fits, else gathered from the memmap)."""
+
+    def __init__(self, cache, device, max_ram_bytes: float = 4e9):
+        self.cache, self.device = cache, device
+        nbytes = cache.n_tokens * (cache.h.shape[1] + cache.z.shape[1]) * 4
+        self.in_ram = nbytes <= max_ram_bytes
+        if self.in_ram:
+            self.h = torch.from_numpy(np.asarray(cache.h, dtype=np.float32)).to(device)
+            self.z = torch.from_numpy(np.asarray(cache.z, dtype=np.float32)).to(device)
+            self.t = torch.from_numpy(np.asarray(cache.target)).to(device)
+
+    def get(self, idx: torch.Tensor):
+        if self.in_ram:
+            i = idx.to(self.device)
+            return self.h[i], self.z[i], self.t[i]
+        flat = idx.reshape(-1).numpy()
+        r = self.cache.rows(flat, self.device)
+        shp = tuple(idx.shape)
+        return r["h"].view(*shp, -1), r["z"].view(*shp, -1), r["target"].view(shp)
+
+
+def _kl(base_logits, steered_logits):
+    lp = F.log_softmax(base_logits.float(), -1)
+    lq = F.log_softmax(steered_logits.float(), -1)
+    return (lp.exp() * (lp - lq)).sum(-1)
+
+
+def train_operators(cache, design, head, args: OperatorArgs, device: str = "cpu", progress: bool = True,
+                    on_progress=None) -> tuple[SteeringOperators, list[dict]]:
+    """Fit the basis and all K steering matrices. Returns the operators (eval mode) and a loss trace."""
+    torch.manual_seed(args.seed)
+    dev = torch.device(device)
+    D, C = cache.h.shape[1], cache.z.shape[1]
+    ops = SteeringOperators(D, C, design.K, args.R).to(dev)
+    opt = torch.optim.Adam(ops.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    sampler = _TokenSampler(cache, design, args.seed)
+    rows = _Rows(cache, dev)
+    IminusP = projection_residual_matrix(design, args.jl_dim, args.ridge_gamma, args.seed).to(dev) if args.linearity_weight > 0 else None
+    Kb = min(args.subset_batch, design.K)
+    perm = torch.randperm(design.K, generator=sampler.g)
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu", enabled=False)
+    trace: list[dict] = []
+    bar = tqdm(range(args.steps), desc="train operators", disable=not progress, mininterval=1.0)
+    t0 = time.time()
+    for step in bar:
+        s = (step * Kb) % design.K
+        k = perm[s:s + Kb]
+        if len(k) < Kb:
+            k = torch.cat([k, perm[: Kb - len(k)]])
+        k_dev = k.to(dev)
+        terms = {}
+        loss = torch.zeros((), device=dev)
+        with amp:
+            if args.fidelity_weight > 0:
+                h, z, t = rows.get(sampler.members(k, args.tokens_per_subset))  # (Kb, P, D/C)
+                logits = head(z + ops.delta(h, k_dev)) / args.temperature
+                fid = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), t.reshape(-1))
+                loss = loss + args.fidelity_weight * fid
+                terms["fidelity"] = fid.item()
+            if args.stability_weight > 0 and args.stability_tokens > 0:
+                h, z, _ = rows.get(sampler.anywhere((len(k), args.stability_tokens)))
+                with torch.no_grad():
+                    base = head(z) / args.temperature
+                stab = _kl(base, head(z + ops.delta(h, k_dev)) / args.temperature).mean()
+                loss = loss + args.stability_weight * stab
+                terms["stability"] = stab.item()
+            if IminusP is not None:
+                h, z, t = rows.get(sampler.anywhere((args.linearity_batch,)))  # (B, D)
+                all_k = torch.arange(design.K, device=dev)
+                with torch.no_grad():
+                    base_loss = F.cross_entropy(head(z).float(), t, reduction="none")  # (B,)
+                steered = head(z[None] + ops.delta_all(h, all_k)).float()  # (K, B, V)
+                st_loss = F.cross_entropy(steered.reshape(-1, steered.size(-1)), t.repeat(design.K), reduction="none").view(design.K, -1)
+                y = (base_loss[None] - st_loss).T  # (B, K)
+                y = y - y.mean(dim=1, keepdim=True)
+                res = (y @ IminusP.T).pow(2).sum(1) / (y.pow(2).sum(1) + 1e-8)
+                lin = res.mean()
+                loss = loss + args.linearity_weight * lin
+                terms["linearity"] = lin.item()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        terms["total"] = loss.item()
+        trace.append(terms)
+        if step % 10 == 0 or step == args.steps - 1:
+            bar.set_postfix({n: f"{v:.4f}" for n, v in terms.items()})
+            if on_progress:
+                on_progress((step + 1) / max(args.steps, 1), **terms)
+    logger.info("trained %d steering operators (R=%d) in %.1fs: %s", design.K, args.R, time.time() - t0,
+                {n: round(v, 4) for n, v in (trace[-1] if trace else {}).items()})
+    ops.eval()
+    return ops, trace

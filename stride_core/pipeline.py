@@ -1,0 +1,377 @@
+"""Pipeline: `index` (cache activations, design subsets, fit operators, reference) and `attribute`
+(continuations, measurement, recovery, ranked documents), with resumable on-disk artifacts.
+
+Run folder (workspace/runs/<run>/):
+  args.json, provenance.json, status.json
+  cache/                      activation memmaps (activations.py), resumable per document
+  subsets.safetensors         membership (N, S) + doc_ids
+  operators.safetensors       basis, steering matrices, reference y
+  operators_trace.json        loss terms per step
+  attributions.parquet        ranked documents of the latest `attribute` call
+A stage whose artifact exists is skipped; changed arguments under an existing run name raise unless
+overwrite=True. Artifacts are written to a temporary name and renamed, so an interrupted stage is
+never mistaken for a finished one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import __version__
+from .arguments import AttributeArgs, CacheArgs, OperatorArgs, SubsetArgs, preset
+from .errors import InputError, RunError, StrideError
+from .progress import Reporter, read_status
+
+logger = logging.getLogger(__name__)
+
+ATTRIBUTION_COLUMNS = ["query_id", "prompt", "continuation", "direction", "rank", "doc_id", "score", "snippet"]
+
+
+@dataclass
+class IndexConfig:
+    corpus: str
+    model: str
+    shards: list[int] | None
+    cache: CacheArgs
+    subsets: SubsetArgs
+    operators: OperatorArgs
+
+    def to_dict(self) -> dict:
+        return {"corpus": self.corpus, "model": self.model, "shards": self.shards, "cache": self.cache.to_dict(),
+                "subsets": self.subsets.to_dict(), "operators": self.operators.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "IndexConfig":
+        return cls(d["corpus"], d["model"], d.get("shards"), CacheArgs.from_dict(d["cache"]),
+                   SubsetArgs.from_dict(d["subsets"]), OperatorArgs.from_dict(d["operators"]))
+
+
+def _git_sha() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def provenance(device: str) -> dict:
+    import torch
+
+    return {"stride_version": __version__, "git_sha": _git_sha(), "device": device,
+            "gpu": torch.cuda.get_device_name(0) if device.startswith("cuda") else None,
+            "torch": torch.__version__, "python": platform.python_version(), "host": platform.node(),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def make_config(corpus: str, model: str, preset_name: str = "default", shards=None, **overrides) -> IndexConfig:
+    """Arguments from a preset, with dotted overrides like {"subsets.K": 400, "operators.R": 8}."""
+    p = preset(preset_name)
+    for key, val in overrides.items():
+        stage, _, name = key.partition(".")
+        if stage not in p or not hasattr(p[stage], name):
+            raise StrideError(f"unknown argument {key!r}")
+        d = p[stage].to_dict()
+        d[name] = val
+        p[stage] = type(p[stage]).from_dict(d)
+    return IndexConfig(corpus, str(Path(model).expanduser().resolve()), sorted(shards) if shards else None, p["cache"], p["subsets"], p["operators"])
+
+
+def _atomic_save(save_fn, path: Path):
+    tmp = path.with_name(path.name + ".partial")
+    save_fn(tmp)
+    os.replace(tmp, path)
+
+
+def _load_task(config: IndexConfig, device: str):
+    from .models import load_model_and_tokenizer
+    from .tasks import CausalLMTask
+
+    model, tok = load_model_and_tokenizer(config.model, device=device)
+    return CausalLMTask(model, tok, layer=config.cache.layer, max_tokens=config.cache.max_tokens)
+
+
+def index(ws, run: str, config: IndexConfig, device: str = "auto", overwrite: bool = False, progress: bool = True,
+          reporter: Reporter | None = None) -> Path:
+    """Cache activations, design subsets, train operators. Returns the run folder."""
+    from .activations import build_cache
+    from .corpus import corpus_info, load_documents
+    from .estimator import StrideEstimator
+    from .models import check_model_dir, resolve_device
+    from .subsets import SubsetDesign
+
+    dev = resolve_device(device)
+    ws.ensure()
+    rdir = ws.run_dir(run)
+    info = corpus_info(ws, config.corpus)  # raises on unknown corpus
+    check_model_dir(config.model)
+    args_path = rdir / "args.json"
+    if args_path.exists():
+        old = json.loads(args_path.read_text())
+        if old.get("index") != config.to_dict():
+            if not overwrite:
+                diff = [k for k in config.to_dict() if old.get("index", {}).get(k) != config.to_dict()[k]]
+                raise RunError(f"run {run!r} exists with different arguments ({', '.join(diff)}): choose another --run or pass --overwrite")
+            shutil.rmtree(rdir)
+    rdir.mkdir(parents=True, exist_ok=True)
+    args_path.write_text(json.dumps({"run": run, "index": config.to_dict()}, indent=1))
+    (rdir / "provenance.json").write_text(json.dumps(provenance(dev), indent=1))
+    rep = reporter or Reporter(rdir, run)
+
+    # 1. activation cache ------------------------------------------------------------------
+    rep.stage("load model", f"{config.model} on {dev}")
+    task = _load_task(config, dev)
+    rep.stage("cache activations", f"corpus {config.corpus} ({info['n_docs']} documents)")
+    docs = load_documents(ws, config.corpus, columns=["doc_id", "text"], shards=config.shards)
+    if len(docs) == 0:
+        raise RunError(f"corpus {config.corpus!r} has no documents in shards {config.shards}")
+    if config.subsets.K > len(docs):
+        raise StrideError(f"K={config.subsets.K} subsets is larger than the {len(docs)} documents: lower K (e.g. --K {max(2, len(docs) // 4)})")
+    enc = task.tokenizer(docs["text"].tolist(), add_special_tokens=False)["input_ids"]
+    items = [(ids[: config.cache.max_tokens], 0) for ids in enc]
+    lengths = [len(ids) for ids, _ in items]
+    empty = [int(d) for d, n in zip(docs["doc_id"], lengths) if n == 0]
+    if empty:
+        raise StrideError(f"documents {empty[:5]} tokenize to nothing")
+    t0 = time.time()
+    cache = build_cache(rdir / "cache", task, items, lengths, docs["doc_id"].to_numpy(), config.cache.batch_size,
+                        config.cache.dtype, progress, on_progress=lambda f: rep.update(f))
+    logger.info("activation cache: %d documents, %d tokens in %.1fs", cache.n_docs, cache.n_tokens, time.time() - t0)
+
+    # 2. subsets ----------------------------------------------------------------------------
+    sub_path = rdir / "subsets.safetensors"
+    if sub_path.exists():
+        design = SubsetDesign.load(sub_path, cache.doc_ids)
+    else:
+        design = SubsetDesign.random(cache.doc_ids, config.subsets.K, config.subsets.S, config.subsets.seed)
+        _atomic_save(design.save, sub_path)
+
+    # 3. operators + reference ------------------------------------------------------------
+    op_path = rdir / "operators.safetensors"
+    if not op_path.exists():
+        rep.stage("train operators", f"K={design.K} subsets, R={config.operators.R}, {config.operators.steps} steps")
+        est = StrideEstimator(task.head, config.subsets, config.operators, device=dev, progress=progress)
+        est.fit(cache, design=design, on_progress=lambda f, **m: rep.update(f, **m))
+        _atomic_save(est.save, op_path)
+        (rdir / "operators_trace.json").write_text(json.dumps(est.trace_))
+    rep.stage("indexed", "index complete")
+    if reporter is None:
+        rep.finish("done")
+    return rdir
+
+
+def read_prompts(path) -> list[dict]:
+    """.txt (one prompt per line) or .jsonl (field `prompt`, optional `prompt_id`/`query_id`)."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p}: no such prompts file")
+    try:
+        raw = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{p}: not valid UTF-8") from exc
+    out = []
+    if p.suffix.lower() == ".jsonl":
+        for i, line in enumerate(raw.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"{p}:{i}: corrupt JSON line ({exc.msg})") from exc
+            if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str):
+                raise InputError(f"{p}:{i}: each line needs a string field 'prompt'")
+            qid = obj.get("query_id") or obj.get("prompt_id") or f"q{len(out):03d}"
+            out.append({"query_id": str(qid), "prompt": obj["prompt"]})
+    elif p.suffix.lower() == ".txt":
+        out = [{"query_id": f"q{i:03d}", "prompt": line} for i, line in enumerate(l for l in raw.splitlines() if l.strip())]
+    else:
+        raise InputError(f"{p}: prompts must be .txt (one per line) or .jsonl (field 'prompt')")
+    out = [o for o in out if o["prompt"].strip()]
+    if not out:
+        raise InputError(f"{p}: the prompts file is empty")
+    return out
+
+
+def load_run(ws, run: str) -> tuple[Path, IndexConfig]:
+    rdir = ws.run_dir(run)
+    if not (rdir / "args.json").exists():
+        known = sorted(d.name for d in ws.runs_dir.glob("*") if (d / "args.json").exists()) if ws.runs_dir.exists() else []
+        raise RunError(f"unknown run {run!r} in {ws.root} (known: {known or 'none'}); create it with `stride index`")
+    config = IndexConfig.from_dict(json.loads((rdir / "args.json").read_text())["index"])
+    if not (rdir / "operators.safetensors").exists():
+        raise RunError(f"run {run!r} is not fully indexed (no operators yet): re-run `stride index --run {run}` to resume")
+    return rdir, config
+
+
+def _generate(task, prompts: list[dict], max_new_tokens: int) -> list[dict]:
+    import torch
+
+    tok, model = task.tokenizer, task.model
+    budget = task.max_tokens - max_new_tokens
+    if budget < 1:
+        raise StrideError(f"max_new_tokens={max_new_tokens} leaves no room for the prompt within max_tokens={task.max_tokens}")
+    out = []
+    truncated = []
+    for p in prompts:
+        ids = tok(p["prompt"], add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise InputError(f"prompt {p['query_id']!r} tokenizes to nothing")
+        if len(ids) > budget:
+            truncated.append(p["query_id"])
+            ids = ids[-budget:]  # keep the end: it conditions the continuation
+        cont: list[int] = []
+        if max_new_tokens > 0:
+            with torch.no_grad():
+                inp = torch.tensor([[task.bos, *ids]], device=task.device)
+                gen = model.generate(inp, attention_mask=torch.ones_like(inp), max_new_tokens=max_new_tokens, do_sample=False,
+                                     pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+            cont = [t for t in gen[0, inp.shape[1]:].tolist()]
+            if tok.eos_token_id in cont:
+                cont = cont[: cont.index(tok.eos_token_id)]
+        out.append({**p, "prompt_ids": ids, "continuation_ids": cont, "continuation": tok.decode(cont)})
+    if truncated:
+        logger.warning("prompts longer than the context were truncated to their last %d tokens: %s", budget, ", ".join(truncated))
+    return out
+
+
+def attribute(ws, run: str, prompts: list[dict] | str | Path, args: AttributeArgs | None = None, out: str | Path | None = None,
+              progress: bool = True, reporter: Reporter | None = None) -> pd.DataFrame:
+    """Continuation + ranked helpful/harmful documents per prompt. Returns the rows (also written to
+    runs/<run>/attributions.parquet, OUT when given, and the workspace DuckDB)."""
+    from .activations import FeatureCache, features_in_memory
+    from .corpus import corpus_info, load_documents
+    from .estimator import StrideEstimator
+    from .models import resolve_device
+    from .subsets import SubsetDesign
+
+    args = args or AttributeArgs()
+    if out is not None and Path(out).suffix.lower() not in (".parquet", ".jsonl", ".csv"):
+        raise InputError(f"--out {out}: use a .parquet, .jsonl or .csv file name")
+    prompts = read_prompts(prompts) if isinstance(prompts, (str, Path)) else list(prompts)
+    if not prompts:
+        raise InputError("no prompts given")
+    rdir, config = load_run(ws, run)
+    dev = resolve_device(args.device)
+    rep = reporter or Reporter(rdir, run)
+    rep.stage("attribute", f"{len(prompts)} prompts")
+    task = _load_task(config, dev)
+    cache = FeatureCache.open(rdir / "cache")
+    design = SubsetDesign.load(rdir / "subsets.safetensors", cache.doc_ids)
+    est = StrideEstimator(task.head, config.subsets, config.operators, center=args.center, alpha=args.alpha,
+                          alpha_ratio=args.alpha_ratio, positive=args.positive, device=dev).load(rdir / "operators.safetensors", design)
+    gens = _generate(task, prompts, args.max_new_tokens)
+    rep.update(0.3, "measuring")
+    items = []
+    for g in gens:
+        if g["continuation_ids"]:
+            items.append((g["prompt_ids"] + g["continuation_ids"], len(g["prompt_ids"])))
+        else:  # no continuation: attribute the prompt's own tokens
+            items.append((g["prompt_ids"], 0))
+    qfeat = features_in_memory(task, items)
+    y, base = est.measure(qfeat)
+    rep.update(0.6, "recovering")
+    rec = est.recover(y)
+    W = rec.influence_  # (Q, N)
+    info = corpus_info(ws, config.corpus)
+    k = min(args.top_k, W.shape[1])
+    rows = []
+    for qi, g in enumerate(gens):
+        order = np.argsort(-W[qi], kind="stable")
+        for direction, idx in (("helpful", order[:k]), ("harmful", order[::-1][:k])):
+            for rank, j in enumerate(idx, 1):
+                s = float(W[qi, j])
+                if (direction == "helpful" and s <= 0) or (direction == "harmful" and s >= 0):
+                    break  # only documents with a non-zero recovered effect in that direction
+                rows.append({"query_id": g["query_id"], "prompt": g["prompt"], "continuation": g["continuation"], "direction": direction,
+                             "rank": rank, "doc_id": int(cache.doc_ids[j]), "score": s, "query_loss": float(base[qi])})
+    df = pd.DataFrame(rows, columns=ATTRIBUTION_COLUMNS[:-1] + ["query_loss"])
+    meta_cols = info["metadata_columns"]
+    if len(df):
+        docs = load_documents(ws, config.corpus, columns=["doc_id", "text", *meta_cols], doc_ids=sorted(set(df["doc_id"])))
+        docs["snippet"] = docs["text"].map(lambda t: " ".join(t.split())[:300])
+        df = df.merge(docs.drop(columns=["text"]), on="doc_id", how="left")
+    else:
+        df["snippet"] = pd.Series(dtype=str)
+        for c in meta_cols:
+            df[c] = pd.Series(dtype=str)
+    df = df[ATTRIBUTION_COLUMNS + ["query_loss", *meta_cols]]
+    # Per-query measurements and the lambda used, for auditability.
+    np.save(rdir / "last_measurements.npy", y)
+    _atomic_save(lambda p: df.to_parquet(p, index=False), rdir / "attributions.parquet")
+    if out is not None:
+        write_table(df, Path(out))
+    _store_attributions(ws, run, df)
+    rep.stage("attributed", f"{len(prompts)} prompts attributed")
+    if reporter is None:
+        rep.finish("done")
+    return df
+
+
+def write_table(df: pd.DataFrame, path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suf = path.suffix.lower()
+    if suf == ".parquet":
+        _atomic_save(lambda p: df.to_parquet(p, index=False), path)
+    elif suf == ".jsonl":
+        _atomic_save(lambda p: df.to_json(p, orient="records", lines=True, force_ascii=False), path)
+    elif suf == ".csv":
+        _atomic_save(lambda p: df.to_csv(p, index=False), path)
+    else:
+        raise InputError(f"{path}: use a .parquet, .jsonl or .csv file name")
+
+
+def _store_attributions(ws, run: str, df: pd.DataFrame):
+    """Replace this run's rows in the DuckDB `attributions` table (one short write transaction)."""
+    fixed = ATTRIBUTION_COLUMNS + ["query_loss"]
+    meta = [c for c in df.columns if c not in fixed]
+    rows = df[fixed].copy()
+    rows.insert(0, "run", run)
+    rows["metadata"] = df[meta].apply(lambda r: json.dumps({k: (None if pd.isna(v) else v) for k, v in r.items()}, default=str), axis=1) if meta and len(df) else "{}"
+    with ws.connect() as con:
+        con.execute("""CREATE TABLE IF NOT EXISTS attributions (run VARCHAR, query_id VARCHAR, prompt VARCHAR, continuation VARCHAR,
+                       direction VARCHAR, rank INTEGER, doc_id BIGINT, score DOUBLE, snippet VARCHAR, query_loss DOUBLE, metadata VARCHAR)""")
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.execute("DELETE FROM attributions WHERE run = ?", [run])
+            con.register("new_rows", rows)
+            con.execute("INSERT INTO attributions SELECT run, query_id, prompt, continuation, direction, rank, doc_id, score, snippet, query_loss, metadata FROM new_rows")
+            con.unregister("new_rows")
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+
+
+def run_all(ws, run: str, config: IndexConfig, prompts, attr_args: AttributeArgs | None = None, device: str = "auto",
+            overwrite: bool = False, progress: bool = True, out=None) -> pd.DataFrame:
+    """index + attribute in one job, with one status file (what the dashboard starts)."""
+    rdir = ws.run_dir(run)
+    rdir.mkdir(parents=True, exist_ok=True)
+    rep = Reporter(rdir, run)
+    try:
+        index(ws, run, config, device=device, overwrite=overwrite, progress=progress, reporter=rep)
+        attr_args = attr_args or AttributeArgs(device=device)
+        df = attribute(ws, run, prompts, attr_args, out=out, progress=progress, reporter=rep)
+    except KeyboardInterrupt:
+        rep.finish("cancelled", "interrupted")
+        raise
+    except BaseException as exc:
+        rep.finish("failed", str(exc))
+        raise
+    rep.finish("done")
+    return df
+
+
+def run_state(ws, run: str) -> str | None:
+    st = read_status(ws.run_dir(run))
+    return st.state if st else None
