@@ -5,3 +5,7 @@ REGISTRATIONS: list = []
 from .app_cli import register as _register_app  # noqa: E402  `stride app`: the dashboard
 
 REGISTRATIONS.append(_register_app)
+
+from .bench.harness import register as _register_bench  # noqa: E402  `stride bench lds`: the LDS benchmark
+
+REGISTRATIONS.append(_register_bench)

@@ -1,0 +1,564 @@
+"""Benchmark settings: data, model, training recipe and query output for each LDS setting.
+
+A `Setting` is a frozen description (its fields key the caches); `Setting.build_context` loads the
+data and the base model (trained on all `n_train` documents with `base_seed`, cached on disk) and
+returns a context object that attribution methods read:
+
+- `digits-mlp` -> `DigitsContext`: scikit-learn's bundled digits (no download), 1000 train / 100
+  query images (seeded split), an MLP 64-128-128-10 (`fc1, act1, fc2, act2, fc3`); query output =
+  cross-entropy of the true label (margin kept too).
+- `tiny-lm` -> `LMContext`: `n_train` pydocs documents (seeded choice), a byte-level BPE trained on
+  them, a small GPT-2 saved in Hugging Face format; queries are held-out pydocs documents split into
+  a prompt (first ~40% of tokens) and a continuation; query output = mean token NLL of the
+  continuation given `<eos> + prompt` (the exact definition is `lm_query_losses`).
+
+Ground-truth models (see `ground_truth.py`) are trained with `Setting.train_subset` on a mask of the
+training set and measured with `Setting.query_outputs`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sys
+import time
+from collections import OrderedDict
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import StrideError
+
+logger = logging.getLogger(__name__)
+
+# Bump when the meaning of a cached model or ground-truth output changes (invalidates caches).
+BENCH_VERSION = 1
+
+
+def _hash(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------------------ base
+
+
+@contextmanager
+def torch_threads(n: int | None):
+    """Temporarily set torch's intra-op thread count (None or 0: leave it). Tiny models train far
+    faster on one thread (and bit-for-bit reproducibly), especially on a busy machine."""
+    import torch
+
+    if not n:
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """Common fields. `n_query` and `n_models` are *how much* to evaluate and do not key caches:
+    queries and ground-truth models are prefix-stable (a run with fewer reuses a larger cache)."""
+
+    name: str = ""
+    n_train: int = 1000
+    n_query: int = 100
+    n_models: int = 100  # default number of ground-truth models
+    mask_fraction: float = 0.5  # each ground-truth model sees a random mask with this fraction
+    mask_seed: int = 0  # masks come from SeedSequence([mask_seed, m]): one stream per model
+    same_init: bool = False  # True: every ground-truth model uses base_seed (data-only variation)
+    base_seed: int = 0
+    train_threads: int = 1  # torch threads while training a model (not a cache key; 0 = leave as is)
+
+    def __post_init__(self):
+        if self.n_train < 2 or self.n_query < 1 or self.n_models < 1:
+            raise StrideError("n_train must be >= 2, n_query and n_models >= 1")
+        if not (0.0 < self.mask_fraction < 1.0):
+            raise StrideError("mask_fraction must be in (0, 1)")
+
+    # -- keys ---------------------------------------------------------------------------------
+    def base_fields(self) -> dict:
+        """Fields that determine the data selection and the base model."""
+        skip = {"n_query", "n_models", "mask_fraction", "mask_seed", "same_init", "train_threads"}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
+
+    def gt_fields(self) -> dict:
+        """Fields that determine the ground truth (everything but how much of it to use)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("n_query", "n_models", "train_threads")}
+
+    def base_key(self) -> str:
+        return _hash({"v": BENCH_VERSION, **self.base_fields(), "py": sys.version_info[:2]})
+
+    def gt_key(self, fingerprint: str) -> str:
+        return _hash({"v": BENCH_VERSION, **self.gt_fields(), "data": fingerprint})
+
+    def base_dir(self, cache_dir: Path) -> Path:
+        return Path(cache_dir) / self.name / "base" / self.base_key()
+
+    # -- per ground-truth model -------------------------------------------------------------------
+    def mask(self, m: int) -> np.ndarray:
+        """(N,) bool: ground-truth model m's training mask, from its own RNG stream."""
+        rng = np.random.default_rng(np.random.SeedSequence([self.mask_seed, 7919, m]))
+        return rng.random(self.n_train) < self.mask_fraction
+
+    def model_seed(self, m: int) -> int:
+        return self.base_seed if self.same_init else self.base_seed + 1 + m
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    # -- implemented by subclasses ------------------------------------------------------------------
+    def build_context(self, cache_dir, device: str = "cpu", progress: bool = True):
+        raise NotImplementedError
+
+    def train_subset(self, ctx, mask: np.ndarray, seed: int, device: str = "cpu"):
+        raise NotImplementedError
+
+    def query_outputs(self, ctx, model, device: str = "cpu") -> dict[str, np.ndarray]:
+        """{"loss": (Q,), ...}: `loss` is the ground-truth output (higher = worse)."""
+        raise NotImplementedError
+
+
+@dataclass
+class BenchContext:
+    """What every attribution method gets. `train_ids` are stable document ids (length N)."""
+
+    setting: Setting
+    cache_dir: Path
+    device: str
+    train_ids: np.ndarray  # (N,)
+    fingerprint: str
+    base_metrics: dict = field(default_factory=dict)
+
+    @property
+    def n_train(self) -> int:
+        return len(self.train_ids)
+
+    @property
+    def n_query(self) -> int:
+        raise NotImplementedError
+
+
+# ---------------------------------------------------------------------------------------- digits
+
+
+def make_mlp(hidden: tuple[int, ...] = (128, 128), n_in: int = 64, n_out: int = 10):
+    """nn.Sequential with named modules fc1, act1, fc2, act2, ..., fc{L+1} (logits)."""
+    import torch.nn as nn
+
+    layers, d = OrderedDict(), n_in
+    for i, h in enumerate(hidden, start=1):
+        layers[f"fc{i}"] = nn.Linear(d, h)
+        layers[f"act{i}"] = nn.ReLU()
+        d = h
+    layers[f"fc{len(hidden) + 1}"] = nn.Linear(d, n_out)
+    return nn.Sequential(layers)
+
+
+def train_mlp(X: np.ndarray, y: np.ndarray, seed: int, epochs: int = 30, batch_size: int = 64, lr: float = 1e-3,
+              weight_decay: float = 0.0, hidden: tuple[int, ...] = (128, 128), device: str = "cpu"):
+    """Minibatch Adam on (X, y); deterministic given `seed` (init and batch order use their own
+    generators; the global torch RNG is left untouched). Returns the model in eval mode."""
+    import torch
+    import torch.nn.functional as F
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = make_mlp(tuple(hidden), X.shape[1], 10)
+    model.to(device)
+    Xt = torch.as_tensor(X, dtype=torch.float32, device=device)
+    yt = torch.as_tensor(y, dtype=torch.long, device=device)
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    model.train()
+    n = len(Xt)
+    for _ in range(epochs):
+        perm = torch.randperm(n, generator=g).to(device)
+        for j in range(0, n, batch_size):
+            b = perm[j:j + batch_size]
+            loss = F.cross_entropy(model(Xt[b]), yt[b])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return model.eval()
+
+
+def mlp_outputs(model, X: np.ndarray, y: np.ndarray, device: str = "cpu") -> dict[str, np.ndarray]:
+    """Per-example cross-entropy loss of the true label and margin (true logit - best other logit)."""
+    import torch
+    import torch.nn.functional as F
+
+    with torch.no_grad():
+        logits = model(torch.as_tensor(X, dtype=torch.float32, device=device)).double()
+        yt = torch.as_tensor(y, dtype=torch.long, device=device)
+        loss = F.cross_entropy(logits, yt, reduction="none")
+        true = logits.gather(1, yt[:, None])[:, 0]
+        other = logits.scatter(1, yt[:, None], float("-inf")).max(1).values
+    return {"loss": loss.cpu().numpy(), "margin": (true - other).cpu().numpy(),
+            "correct": (logits.argmax(1) == yt).cpu().numpy().astype(np.float64)}
+
+
+@dataclass
+class DigitsContext(BenchContext):
+    """Context for `digits-mlp`. `model` is the base MLP (eval mode, on `device`), trained on all
+    of X_train with the setting's base_seed. Features are pixel values / 16 (float32)."""
+
+    model: object = None
+    X_train: np.ndarray = None  # (N, 64)
+    y_train: np.ndarray = None  # (N,)
+    X_query: np.ndarray = None  # (Q, 64)
+    y_query: np.ndarray = None  # (Q,)
+    X_val: np.ndarray = None  # remaining images (base-model fit report only)
+    y_val: np.ndarray = None
+    query_ids: np.ndarray = None  # (Q,) row indices into load_digits()
+
+    @property
+    def n_query(self) -> int:
+        return len(self.y_query)
+
+    def query_outputs(self, model=None) -> dict[str, np.ndarray]:
+        return mlp_outputs(model if model is not None else self.model, self.X_query, self.y_query, self.device)
+
+
+@dataclass(frozen=True)
+class DigitsSetting(Setting):
+    name: str = "digits-mlp"
+    n_train: int = 1000
+    n_query: int = 100
+    n_models: int = 100
+    split_seed: int = 0
+    hidden: tuple = (128, 128)
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        if self.n_train + self.n_query > 1797:
+            raise StrideError("digits has 1797 images: n_train + n_query must be <= 1797")
+
+    def load_split(self) -> dict:
+        from sklearn.datasets import load_digits
+
+        X, y = load_digits(return_X_y=True)
+        X = (X / 16.0).astype(np.float32)
+        y = y.astype(np.int64)
+        perm = np.random.default_rng(self.split_seed).permutation(len(X))
+        tr, q, va = perm[:self.n_train], perm[self.n_train:self.n_train + self.n_query], perm[self.n_train + self.n_query:]
+        fp = _hash({"X": hashlib.sha256(X.tobytes()).hexdigest(), "y": hashlib.sha256(y.tobytes()).hexdigest(),
+                    "tr": tr.tolist()})
+        return {"X_train": X[tr], "y_train": y[tr], "X_query": X[q], "y_query": y[q], "X_val": X[va], "y_val": y[va],
+                "train_ids": tr, "query_ids": q, "fingerprint": fp}
+
+    def _train(self, X, y, seed, device):
+        with torch_threads(self.train_threads):
+            return train_mlp(X, y, seed, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
+                             weight_decay=self.weight_decay, hidden=self.hidden, device=device)
+
+    def build_context(self, cache_dir, device: str = "cpu", progress: bool = True) -> DigitsContext:
+        from safetensors.torch import load_file, save_file
+
+        d = self.load_split()
+        bdir = self.base_dir(cache_dir)
+        wpath = bdir / "model.safetensors"
+        if wpath.exists():
+            model = make_mlp(self.hidden)
+            model.load_state_dict(load_file(str(wpath)))
+            model.to(device).eval()
+            seconds = json.loads((bdir / "base.json").read_text())["train_seconds"]
+        else:
+            t0 = time.time()
+            model = self._train(d["X_train"], d["y_train"], self.base_seed, device)
+            seconds = time.time() - t0
+            bdir.mkdir(parents=True, exist_ok=True)
+            save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(wpath))
+            (bdir / "base.json").write_text(json.dumps({"train_seconds": seconds, "setting": self.base_fields()}, indent=1))
+        tr = mlp_outputs(model, d["X_train"], d["y_train"], device)
+        va = mlp_outputs(model, d["X_val"], d["y_val"], device)
+        metrics = {"train_acc": float(tr["correct"].mean()), "train_loss": float(tr["loss"].mean()),
+                   "val_acc": float(va["correct"].mean()), "val_loss": float(va["loss"].mean()),
+                   "n_val": int(len(d["y_val"])), "train_seconds": seconds,
+                   "n_params": int(sum(p.numel() for p in model.parameters()))}
+        ctx = DigitsContext(setting=self, cache_dir=Path(cache_dir), device=device, train_ids=d["train_ids"],
+                            fingerprint=d["fingerprint"], model=model, X_train=d["X_train"], y_train=d["y_train"],
+                            X_query=d["X_query"], y_query=d["y_query"], X_val=d["X_val"], y_val=d["y_val"],
+                            query_ids=d["query_ids"])
+        q = ctx.query_outputs()
+        ctx.base_metrics = {**metrics, "query_acc": float(q["correct"].mean()), "query_loss": float(q["loss"].mean()),
+                            "n_query": ctx.n_query}
+        return ctx
+
+    def train_subset(self, ctx: DigitsContext, mask: np.ndarray, seed: int, device: str = "cpu"):
+        return self._train(ctx.X_train[mask], ctx.y_train[mask], seed, device)
+
+    def query_outputs(self, ctx: DigitsContext, model, device: str = "cpu") -> dict[str, np.ndarray]:
+        o = mlp_outputs(model, ctx.X_query, ctx.y_query, device)
+        return {"loss": o["loss"], "margin": o["margin"]}
+
+
+# --------------------------------------------------------------------------------------- tiny-lm
+
+
+def lm_query_losses(model, eos_id: int, prompt_ids: list[list[int]], cont_ids: list[list[int]],
+                    device: str = "cpu", batch_size: int = 64) -> np.ndarray:
+    """(Q,) mean token NLL (nats) of each continuation given `<eos> + prompt`.
+
+    The input is `[eos] + prompt + continuation[:-1]` (right-padded; causal attention makes padding
+    irrelevant), and only the continuation tokens are scored. This is the tiny-lm query output."""
+    import torch
+    import torch.nn.functional as F
+
+    out = np.zeros(len(prompt_ids))
+    model.eval()
+    for s in range(0, len(prompt_ids), batch_size):
+        ps, cs = prompt_ids[s:s + batch_size], cont_ids[s:s + batch_size]
+        seqs = [[eos_id, *p, *c] for p, c in zip(ps, cs)]
+        L = max(len(x) for x in seqs) - 1
+        inp = torch.full((len(seqs), L), eos_id, dtype=torch.long)
+        tgt = torch.zeros((len(seqs), L), dtype=torch.long)
+        w = torch.zeros((len(seqs), L), dtype=torch.float64)
+        for i, (seq, p) in enumerate(zip(seqs, ps)):
+            n = len(seq) - 1
+            inp[i, :n] = torch.tensor(seq[:-1])
+            tgt[i, :n] = torch.tensor(seq[1:])
+            w[i, len(p):n] = 1.0
+        with torch.no_grad():
+            logits = model(input_ids=inp.to(device)).logits.double()
+        nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), tgt.to(device).reshape(-1), reduction="none")
+        nll = nll.view(tgt.shape).cpu()
+        out[s:s + len(seqs)] = ((nll * w).sum(1) / w.sum(1)).numpy()
+    return out
+
+
+def split_prompt(tok, ids: list[int], fraction: float) -> int | None:
+    """Smallest k >= round(fraction * len) such that prompt ids[:k] and continuation ids[k:] each
+    re-tokenize to themselves from their decoded strings (so string users see the same tokens)."""
+    n = len(ids)
+    start = max(1, int(round(fraction * n)))
+    for k in range(start, n - max(4, n // 4) + 1):
+        p, c = tok.decode(ids[:k]), tok.decode(ids[k:])
+        if tok(p, add_special_tokens=False)["input_ids"] == ids[:k] and tok(c, add_special_tokens=False)["input_ids"] == ids[k:]:
+            return k
+    return None
+
+
+@dataclass
+class LMContext(BenchContext):
+    """Context for `tiny-lm`. The base model lives in `model_dir` (HF format, safetensors; load it with
+    `stride_core.models.load_model_and_tokenizer(model_dir)` or `ctx.load_model()`).
+
+    Training documents: `train_texts[i]` has stable id `train_ids[i]` (its index in
+    `stride_core.pydocs.iter_pydocs()` order) and token ids `train_token_ids[i]` (no special tokens;
+    training packs them with `<eos>` separators into `block_size` windows).
+    Queries: `query_prompts[q] + query_continuations[q] == query_texts[q]` (a held-out document cut to
+    `block_size` tokens); the output is the mean NLL of the continuation given `<eos> + prompt`
+    (`lm_query_losses`); `query_prompt_ids` / `query_cont_ids` are the exact token ids used."""
+
+    model_dir: Path = None
+    tokenizer: object = None
+    eos_id: int = 0
+    block_size: int = 64
+    train_texts: list = None
+    train_token_ids: list = None
+    train_sources: list = None
+    train_objects: list = None
+    query_ids: np.ndarray = None  # (Q,) pydocs indices of the query documents
+    query_texts: list = None
+    query_prompts: list = None
+    query_continuations: list = None
+    query_prompt_ids: list = None
+    query_cont_ids: list = None
+    query_sources: list = None
+    query_objects: list = None
+    _model: object = None
+
+    @property
+    def n_query(self) -> int:
+        return len(self.query_prompts)
+
+    def load_model(self, device: str | None = None):
+        """The base model (cached per context), eval mode."""
+        from ..models import load_model_and_tokenizer
+
+        dev = device or self.device
+        if self._model is None or str(next(self._model.parameters()).device) != str(dev):
+            self._model, _ = load_model_and_tokenizer(self.model_dir, device=dev)
+        return self._model
+
+    def query_outputs(self, model=None, device: str | None = None) -> np.ndarray:
+        dev = device or self.device
+        return lm_query_losses(model if model is not None else self.load_model(dev), self.eos_id,
+                               self.query_prompt_ids, self.query_cont_ids, dev)
+
+
+@dataclass(frozen=True)
+class TinyLMSetting(Setting):
+    name: str = "tiny-lm"
+    n_train: int = 1000
+    n_query: int = 50
+    n_models: int = 32
+    doc_seed: int = 0
+    vocab_size: int = 1024
+    n_layer: int = 2
+    n_embd: int = 64
+    n_head: int = 4
+    block_size: int = 64
+    epochs: float = 6.0
+    batch_size: int = 32
+    lr: float = 1e-2
+    weight_decay: float = 0.05
+    prompt_fraction: float = 0.4
+    min_query_tokens: int = 40
+    n_val_docs: int = 200  # held-out documents (not queries) for the base model's fit report
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not (0.1 <= self.prompt_fraction <= 0.9):
+            raise StrideError("prompt_fraction must be in [0.1, 0.9]")
+        if self.min_query_tokens < 8:
+            raise StrideError("min_query_tokens must be >= 8")
+
+    def train_args(self, seed: int):
+        from ..tiny_model import TinyModelArgs
+
+        return TinyModelArgs(vocab_size=self.vocab_size, n_layer=self.n_layer, n_embd=self.n_embd, n_head=self.n_head,
+                             block_size=self.block_size, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
+                             weight_decay=self.weight_decay, seed=seed)
+
+    def select_docs(self) -> dict:
+        """Deterministic train / candidate-query / validation positions in iter_pydocs() order."""
+        from ..pydocs import iter_pydocs
+
+        docs = list(iter_pydocs())
+        if self.n_train + self.n_query + self.n_val_docs > len(docs):
+            raise StrideError(f"the pydocs corpus has {len(docs)} documents: n_train + n_query + n_val_docs "
+                              f"({self.n_train}+{self.n_query}+{self.n_val_docs}) is too many")
+        perm = np.random.default_rng(self.doc_seed).permutation(len(docs))
+        train = np.sort(perm[:self.n_train])
+        val = perm[len(perm) - self.n_val_docs:]
+        candidates = perm[self.n_train:len(perm) - self.n_val_docs]  # queries: first eligible, in this order
+        return {"docs": docs, "train": train, "val": val, "candidates": candidates}
+
+    def _train_model(self, token_lists: list[list[int]], eos: int, vocab: int, seed: int, device: str):
+        import torch
+        from transformers import GPT2LMHeadModel
+
+        from ..tiny_model import build_config, pack, train_lm
+
+        args = self.train_args(seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = GPT2LMHeadModel(build_config(args, vocab, eos))
+        blocks = pack(token_lists, eos, self.block_size)
+        with torch_threads(self.train_threads):
+            trace = train_lm(model, blocks, args, progress=False, device=device)
+        return model, trace, int(blocks.size)
+
+    def build_context(self, cache_dir, device: str = "cpu", progress: bool = True) -> LMContext:
+        from transformers import AutoTokenizer
+
+        from ..tiny_model import eval_loss, train_tokenizer, unigram_loss
+
+        sel = self.select_docs()
+        docs = sel["docs"]
+        train_texts = [docs[i]["text"] for i in sel["train"]]
+        bdir = self.base_dir(cache_dir)
+        done = bdir / "bench_base.json"
+        if not done.exists():
+            t0 = time.time()
+            bdir.mkdir(parents=True, exist_ok=True)
+            train_tokenizer(train_texts, self.vocab_size, bdir)
+        tok = AutoTokenizer.from_pretrained(str(bdir), local_files_only=True)
+        eos = tok.eos_token_id
+        train_tok = tok(train_texts, add_special_tokens=False)["input_ids"]
+
+        # queries: first `n_query` eligible held-out documents in the seeded order
+        qpos, qtexts, qp, qc, qpi, qci = [], [], [], [], [], []
+        for pos in sel["candidates"]:
+            if len(qpos) == self.n_query:
+                break
+            ids = tok(docs[pos]["text"], add_special_tokens=False)["input_ids"]
+            if len(ids) < self.min_query_tokens:
+                continue
+            ids = ids[:self.block_size]
+            k = split_prompt(tok, ids, self.prompt_fraction)
+            if k is None:
+                continue
+            p, c = tok.decode(ids[:k]), tok.decode(ids[k:])
+            qpos.append(int(pos))
+            qtexts.append(p + c)
+            qp.append(p)
+            qc.append(c)
+            qpi.append(ids[:k])
+            qci.append(ids[k:])
+        if len(qpos) < self.n_query:
+            raise StrideError(f"only {len(qpos)} eligible query documents; lower n_query or min_query_tokens")
+        fp = _hash({"train": hashlib.sha256("\x00".join(train_texts).encode()).hexdigest(),
+                    "ids": sel["train"].tolist(), "tok": hashlib.sha256(json.dumps(tok.get_vocab(), sort_keys=True).encode()).hexdigest()})
+
+        ctx = LMContext(setting=self, cache_dir=Path(cache_dir), device=device, train_ids=sel["train"], fingerprint=fp,
+                        model_dir=bdir, tokenizer=tok, eos_id=eos, block_size=self.block_size,
+                        train_texts=train_texts, train_token_ids=train_tok,
+                        train_sources=[docs[i]["source"] for i in sel["train"]],
+                        train_objects=[docs[i]["object"] for i in sel["train"]],
+                        query_ids=np.asarray(qpos), query_texts=qtexts, query_prompts=qp, query_continuations=qc,
+                        query_prompt_ids=qpi, query_cont_ids=qci,
+                        query_sources=[docs[i]["source"] for i in qpos], query_objects=[docs[i]["object"] for i in qpos])
+
+        if not done.exists():
+            logger.info("training the tiny-lm base model into %s", bdir)
+            model, trace, n_tok = self._train_model(train_tok, eos, len(tok), self.base_seed, device)
+            model.to("cpu").save_pretrained(bdir, safe_serialization=True)
+            val_tok = tok([docs[i]["text"] for i in sel["val"]], add_special_tokens=False)["input_ids"]
+            model.to(device)
+            metrics = {
+                "n_params": int(sum(p.numel() for p in model.parameters())), "train_tokens": n_tok,
+                "final_train_loss": float(np.mean(trace[-20:])),
+                "train_loss": eval_loss(model, train_tok, eos, self.block_size, device),
+                "val_loss": eval_loss(model, val_tok, eos, self.block_size, device),
+                "unigram_val_loss": unigram_loss(train_tok, val_tok, len(tok)), "n_val_docs": len(val_tok),
+                "train_seconds": time.time() - t0, "setting": self.base_fields(), "fingerprint": fp,
+            }
+            done.write_text(json.dumps(metrics, indent=1))
+        metrics = json.loads(done.read_text())
+        if metrics.get("fingerprint") != fp:
+            raise StrideError(f"the cached tiny-lm base model in {bdir} was built from different documents "
+                              "(another Python build?); delete that folder to rebuild it")
+        q = ctx.query_outputs()
+        uni = unigram_loss(train_tok, qci, len(tok))
+        ctx.base_metrics = {**metrics, "query_loss": float(q.mean()), "unigram_query_loss": uni, "n_query": ctx.n_query}
+        return ctx
+
+    def train_subset(self, ctx: LMContext, mask: np.ndarray, seed: int, device: str = "cpu"):
+        idx = np.flatnonzero(mask)
+        model, _, _ = self._train_model([ctx.train_token_ids[i] for i in idx], ctx.eos_id, len(ctx.tokenizer), seed, device)
+        return model
+
+    def query_outputs(self, ctx: LMContext, model, device: str = "cpu") -> dict[str, np.ndarray]:
+        return {"loss": ctx.query_outputs(model, device)}
+
+
+# -------------------------------------------------------------------------------------- registry
+
+SETTINGS: dict[str, type[Setting]] = {"digits-mlp": DigitsSetting, "tiny-lm": TinyLMSetting}
+
+
+def get_setting(name: str, **overrides) -> Setting:
+    """A setting by name with field overrides (None values are ignored)."""
+    if name not in SETTINGS:
+        raise StrideError(f"unknown setting {name!r}: use one of {', '.join(SETTINGS)}")
+    cls = SETTINGS[name]
+    known = {f.name for f in fields(cls)}
+    bad = [k for k, v in overrides.items() if v is not None and k not in known]
+    if bad:
+        raise StrideError(f"setting {name!r} has no field(s) {bad}; fields: {sorted(known)}")
+    return cls(**{k: v for k, v in overrides.items() if v is not None})
