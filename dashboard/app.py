@@ -1,7 +1,11 @@
 """STRIDE audit dashboard: the router. Start with `stride app` (which sets STRIDE_WORKSPACE).
 
-Pages live in pages/*.py; SQL in queries.py; plotly figures in figures.py. The dashboard only reads
+Pages live in views/*.py; SQL in queries.py; plotly figures in figures.py. The dashboard only reads
 the workspace: runs are background jobs (stride_core.jobs) that write their own run folders.
+
+The page folder is deliberately not called `pages/`: Streamlit treats a `pages/` folder next to the
+main script as a v1 multipage app and then runs a page file directly (without this router, its layout
+and sidebar) when a browser opens its URL first, e.g. http://host:8501/influence.
 """
 
 from __future__ import annotations

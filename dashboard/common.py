@@ -14,11 +14,11 @@ from stride_core.workspace import Workspace, default_workspace
 
 logger = logging.getLogger("dashboard")
 
-PAGE_SETUP = "pages/setup.py"
-PAGE_RUNS = "pages/runs.py"
-PAGE_INFLUENCE = "pages/influence.py"
-PAGE_CONTAMINATION = "pages/contamination.py"
-PAGE_SELECTION = "pages/selection.py"
+PAGE_SETUP = "views/setup.py"
+PAGE_RUNS = "views/runs.py"
+PAGE_INFLUENCE = "views/influence.py"
+PAGE_CONTAMINATION = "views/contamination.py"
+PAGE_SELECTION = "views/selection.py"
 
 
 def workspace() -> Workspace:

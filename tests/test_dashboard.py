@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dashboard_fixtures import fake_command, make_run, populate  # noqa: E402
 
 APP = str(Path(__file__).resolve().parent.parent / "dashboard" / "app.py")
-PAGES = ["pages/setup.py", "pages/runs.py", "pages/influence.py", "pages/contamination.py", "pages/selection.py"]
+PAGES = ["views/setup.py", "views/runs.py", "views/influence.py", "views/contamination.py", "views/selection.py"]
 
 
 @pytest.fixture(autouse=True)
@@ -64,9 +64,9 @@ def test_every_page_on_an_empty_workspace(tmp_path, monkeypatch, exists):
     for page in PAGES:
         at = open_page(page)
         assert not at.error, texts(at.error)
-        if page != "pages/setup.py":
+        if page != "views/setup.py":
             assert "No runs yet" in texts(at.info)
-    at = open_page("pages/setup.py")
+    at = open_page("views/setup.py")
     assert "no corpus yet" in texts(at.info)
     assert by_label(at.selectbox, "Corpus").value == "pydocs"  # offered: the job builds it
     assert by_label(at.button, "Start run").disabled is False  # samples + built-in model + default corpus
@@ -74,7 +74,7 @@ def test_every_page_on_an_empty_workspace(tmp_path, monkeypatch, exists):
 
 def test_setup_page_validates_inputs(populated, tmp_path):
     ws, _ = populated
-    at = open_page("pages/setup.py")
+    at = open_page("views/setup.py")
     assert by_label(at.selectbox, "Corpus").value == "tiny"
     shards = by_label(at.multiselect, "Shards to index")
     assert shards.value == [0, 1, 2] and "10 docs" in shards.format_func(0)
@@ -116,7 +116,7 @@ def test_start_button_launches_a_job_and_opens_runs(populated, tmp_path, monkeyp
     (model / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 2}))
     (model / "model.safetensors").write_bytes(b"")  # only validated here, never loaded
     monkeypatch.setattr(jobs, "run_command", fake_command("done"))
-    at = open_page("pages/setup.py")
+    at = open_page("views/setup.py")
     at.radio(key="model_kind").set_value("local").run()
     at.text_input(key="model_path").input(str(model)).run()
     assert "looks valid" in texts(at.success)
@@ -142,7 +142,7 @@ def test_start_button_launches_a_job_and_opens_runs(populated, tmp_path, monkeyp
 
 def test_runs_page_history_failed_and_cancel(populated):
     ws, proc = populated
-    at = open_page("pages/runs.py")
+    at = open_page("views/runs.py")
     hist = at.dataframe[0].value
     assert set(hist["run"]) == {"r-done", "r-failed", "r-running", "r-dead"}
     states = dict(zip(hist["run"], hist["state"]))
@@ -169,7 +169,7 @@ def test_runs_page_history_failed_and_cancel(populated):
 
 def test_influence_page(populated):
     ws, _ = populated
-    at = open_page("pages/influence.py")
+    at = open_page("views/influence.py")
     assert by_label(at.selectbox, "Run").value == "r-done"
     assert by_label(at.selectbox, "Prompt").value == "q00"
     helpful = at.dataframe[0].value
@@ -196,21 +196,21 @@ def test_influence_page(populated):
 def test_influence_page_without_corpus_shows_snippets(populated):
     ws, _ = populated
     make_run(ws, "r-orphan", "done", attributions=True, corpus="gone")
-    at = open_page("pages/influence.py")
+    at = open_page("views/influence.py")
     by_label(at.selectbox, "Run").set_value("r-orphan").run()
     assert not at.exception
     assert "stored snippet only" in texts(at.warning) and "'gone'" in texts(at.warning)
 
 
 def test_audit_pages(populated):
-    at = open_page("pages/contamination.py")
+    at = open_page("views/contamination.py")
     vals = {m.label: m.value for m in at.metric}
     assert vals["Items checked"] == "2" and vals["Items flagged as leaked"] == "1"
     assert "&lt;str&gt;" in texts(at.markdown)
     at.toggle(key="contam_only_leaked").set_value(True).run()
     assert len(at.dataframe[0].value) == 1
 
-    at = open_page("pages/selection.py")
+    at = open_page("views/selection.py")
     vals = {m.label: m.value for m in at.metric}
     assert vals == {"Documents scored": "30", "Keep": "20", "Drop": "10"}
     at.multiselect(key="selection_filter").set_value(["drop"]).run()
