@@ -511,6 +511,19 @@ def builtin_model_ready(ws: Workspace, preset: str) -> bool:
     return (d / "config.json").exists() and (d / "stride_training.json").exists() and any(d.glob("*.safetensors"))
 
 
+def preparing_job(ws: Workspace, *, corpus: str | None = None, model_preset: str | None = None) -> str | None:
+    """Name of an active job that is building the default corpus / built-in model right now, if any
+    (a second job must not build the same files at the same time)."""
+    for r in list_runs(ws):
+        if r["state"] not in ACTIVE_STATES:
+            continue
+        job = r.get("job") or {}
+        if (corpus and job.get("ensure_corpus") == corpus) or (
+                model_preset and job.get("ensure_model_preset") == model_preset):
+            return r["run"]
+    return None
+
+
 def sample_prompts_path(kind: str = "jsonl") -> Path:
     return Path(__file__).resolve().parent.parent / "data" / f"sample_prompts.{kind}"
 

@@ -257,3 +257,20 @@ def test_stride_app_command(tmp_path, monkeypatch):
         s.listen()
         busy = s.getsockname()[1]
         assert main(["--workspace", str(root), "app", "--port", str(busy)]) == 2  # clear error, no traceback
+
+
+def test_setup_waits_while_another_job_trains_the_builtin_model(populated):
+    ws, proc = populated
+    d = ws.run_dir("demo")
+    d.mkdir(parents=True)
+    (d / "job.json").write_text(json.dumps({"run": "demo", "ensure_model_preset": "ci", "ensure_corpus": None,
+                                            "pid": proc.pid, "created_at": time.time()}))
+    from stride_core.progress import RunStatus, write_status
+
+    write_status(d, RunStatus(run="demo", state="running", stage="prepare", pid=proc.pid))
+    at = open_page("views/setup.py")
+    assert "is training the built-in model (ci preset)" in texts(at.warning)
+    assert by_label(at.button, "Start run").disabled
+    at.radio(key="preset_choice").set_value("default").run()  # another preset: another model folder
+    assert "is training the built-in model" not in texts(at.warning)
+    assert not by_label(at.button, "Start run").disabled

@@ -220,9 +220,16 @@ if kind == "builtin":
     model_path = str(default_model_dir(ws, model_preset))
     if jobs.builtin_model_ready(ws, model_preset):
         st.caption(f"Built-in model ({model_preset} preset): `{model_path}`.")
+    elif (busy := jobs.preparing_job(ws, model_preset=model_preset)):
+        st.warning(f"Run **{busy}** is training the built-in model ({model_preset} preset) right now: start this "
+                   "run when it has finished (see the Runs page), or pick the other preset.")
+        problems.append("the built-in model is being trained")
     else:
         st.info(f"The built-in model ({model_preset} preset) is not trained yet: the job trains it first "
                 f"({'about a minute' if model_preset == 'ci' else 'several minutes'} on a CPU).")
+if corpus == "pydocs" and builds_default and (busy := jobs.preparing_job(ws, corpus="pydocs")):
+    st.warning(f"Run **{busy}** is building the default corpus right now: wait a few seconds and reload.")
+    problems.append("the default corpus is being built")
 if jobs.engine_available(wait_s=0.5) is False:
     st.warning("The STRIDE engine command `stride run` is not available in this installation yet: a job would fail.")
 
