@@ -190,3 +190,13 @@ def test_tiny_lm_ground_truth_and_baselines_smoke(tmp_path):
         scores, timing = fn(ctx)
         assert scores.shape == (3, 80) and np.isfinite(scores).all(), name
         assert {"fit_seconds", "query_seconds"} <= set(timing)
+
+
+def test_rerun_consistency_is_one_for_same_init(tmp_path):
+    from stride_core.bench.ground_truth import compute_ground_truth, rerun_consistency
+
+    s = _digits(same_init=True, n_models=4)
+    ctx = s.build_context(tmp_path, device="cpu", progress=False)
+    gt = compute_ground_truth(s, tmp_path, ctx=ctx, progress=False)
+    r = rerun_consistency(s, ctx, gt, n_masks=4, progress=False)
+    assert r["n_masks"] == 4 and np.isclose(r["mean_rho"], 1.0)

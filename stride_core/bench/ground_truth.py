@@ -227,3 +227,38 @@ def compute_ground_truth(setting, cache_dir, n_models: int | None = None, ctx=No
         if rows and n_new:
             _save(path, rows, meta)
     return _to_gt(setting, rows, path, n_new).head(M, ctx.n_query)
+
+
+# ----------------------------------------------------------------------------------- diagnostics
+
+
+RERUN_SEED_OFFSET = 10_000_000
+
+
+def rerun_consistency(setting, ctx, gt: GroundTruth, n_masks: int = 20, device: str = "cpu",
+                      progress: bool = True) -> dict:
+    """How reproducible is the ground truth? Retrain models 0..n_masks-1 on the *same* masks with
+    fresh seeds and correlate (Spearman over masks, per query) their outputs with the cached ones.
+
+    `mean_rho` is a test-retest reliability of one ground-truth output; with per-model seeds no
+    attribution can predict the seed noise, so LDS is capped well below 1 (roughly by
+    sqrt(max(mean_rho, 0)) for a noiseless predictor). With same_init=True the rerun is identical."""
+    from tqdm.auto import tqdm
+
+    from .lds import spearman_columns
+
+    n = min(n_masks, gt.n_models)
+    if n < 3:
+        raise StrideError("rerun consistency needs at least 3 ground-truth models")
+    again = []
+    for m in tqdm(range(n), desc="rerun (noise ceiling)", disable=not progress, mininterval=1.0):
+        seed = setting.model_seed(m) + (0 if setting.same_init else RERUN_SEED_OFFSET)
+        model = setting.train_subset(ctx, setting.mask(m), seed, device)
+        again.append(setting.query_outputs(ctx, model, device)["loss"][:gt.n_query])
+    again = np.stack(again)
+    rho = spearman_columns(gt.outputs[:n], again)
+    centred = spearman_columns(gt.outputs[:n] - gt.outputs[:n].mean(1, keepdims=True),
+                               again - again.mean(1, keepdims=True)) if gt.n_query > 1 else rho
+    return {"n_masks": n, "mean_rho": float(rho.mean()), "mean_rho_query_specific": float(centred.mean()),
+            "approx_lds_ceiling": float(np.sqrt(max(rho.mean(), 0.0))),
+            "approx_qs_lds_ceiling": float(np.sqrt(max(centred.mean(), 0.0)))}

@@ -170,14 +170,17 @@ def run_lds_bench(setting_name: str, out_dir, models: int | None = None, queries
                   methods: list[str] | str | None = None, device: str = "auto",
                   extra_methods: dict[str, Callable] | None = None, cache_dir=None, progress: bool = True,
                   workers: int = 1, setting_overrides: dict | None = None, print_table: bool = True,
-                  threads: int | None = None) -> dict:
+                  threads: int | None = None, noise_ceiling: int = 0) -> dict:
     """Build/reuse the ground truth of `setting_name` (models / queries default to the setting's),
-    run `methods` (default: all baselines, then every other registered method, e.g. "stride"),
+    run `methods` (default: all baselines, then every other registered method, e.g. "stride", then
+    the peers, which land in `skipped` when not installed),
     compute LDS and query-specific LDS, print a table, write `out_dir/results.json`; return it.
     `threads` sets torch's thread count while the methods run (None: leave it); ground-truth models
-    always train with the setting's `train_threads` (default 1)."""
+    always train with the setting's `train_threads` (default 1). `noise_ceiling=n` retrains the
+    first n ground-truth masks with fresh seeds and reports how reproducible the outputs are
+    (`ground_truth.rerun`, see `ground_truth.rerun_consistency`)."""
     from ..models import resolve_device
-    from .ground_truth import compute_ground_truth
+    from .ground_truth import compute_ground_truth, rerun_consistency
     from .settings import get_setting, torch_threads
 
     dev = resolve_device(device)
@@ -186,7 +189,8 @@ def run_lds_bench(setting_name: str, out_dir, models: int | None = None, queries
     out_dir = Path(out_dir).expanduser()
     registry = {**METHODS, **(extra_methods or {})}
     if methods is None:
-        wanted = list(DEFAULT_METHODS) + [m for m in registry if m not in DEFAULT_METHODS]
+        wanted = list(DEFAULT_METHODS) + [m for m in registry if m not in DEFAULT_METHODS] + \
+            [m for m in PEERS if m not in registry]
     else:
         wanted = _parse_methods(methods)
     unknown = [m for m in wanted if m not in registry and m not in PEERS]
@@ -201,6 +205,12 @@ def run_lds_bench(setting_name: str, out_dir, models: int | None = None, queries
     t_gt = time.time() - t0
     logger.info("ground truth: %d models x %d queries (%d trained now, %.0fs; mean %.2fs per model)",
                 gt.n_models, gt.n_query, gt.n_trained, t_gt, float(np.mean(gt.train_seconds)))
+
+    rerun = None
+    if noise_ceiling:
+        rerun = rerun_consistency(setting, ctx, gt, noise_ceiling, device=dev, progress=progress)
+        logger.info("rerun consistency over %d masks: rho %.3f (query-specific %.3f)", rerun["n_masks"],
+                    rerun["mean_rho"], rerun["mean_rho_query_specific"])
 
     rows, skipped, per_query = [], [], {}
     peers_to_check = [m for m in wanted if m in PEERS and m not in registry]
@@ -239,6 +249,7 @@ def run_lds_bench(setting_name: str, out_dir, models: int | None = None, queries
             "output_std_across_queries": float(outputs.std(axis=1).mean()),
             # share of the across-model variance that all queries have in common (generic effect)
             "shared_variance_fraction": _shared_variance(outputs),
+            "rerun": rerun,
         },
         "per_query": per_query,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -251,6 +262,10 @@ def run_lds_bench(setting_name: str, out_dir, models: int | None = None, queries
         print(f"{setting.name}: {gt.n_models} ground-truth models x {gt.n_query} queries, N={gt.masks.shape[1]}, "
               f"device {dev}")
         print(format_table(rows))
+        if rerun:
+            print(f"ground-truth rerun consistency ({rerun['n_masks']} masks, fresh seeds): rho {rerun['mean_rho']:.3f}, "
+                  f"query-specific {rerun['mean_rho_query_specific']:.3f} (approx. LDS ceiling "
+                  f"{rerun['approx_lds_ceiling']:.2f} / {rerun['approx_qs_lds_ceiling']:.2f})")
         for s in skipped:
             print(f"skipped {s['method']}: {s['reason']}")
         print(f"wrote {out_dir / 'results.json'}")
@@ -287,7 +302,7 @@ def cmd_bench_lds(args):
     cache = args.cache or os.environ.get("STRIDE_BENCH_CACHE") or Path(args.workspace or default_workspace()) / "bench"
     run_lds_bench(args.setting, args.out, models=args.models, queries=args.queries, methods=args.methods,
                   device=args.device, cache_dir=cache, progress=not args.no_progress, workers=args.workers,
-                  threads=args.threads)
+                  threads=args.threads, noise_ceiling=args.noise_ceiling)
 
 
 def register(subparsers, common_parent):
@@ -307,5 +322,7 @@ def register(subparsers, common_parent):
                                                  "(default: $STRIDE_BENCH_CACHE or workspace/bench)")
     x.add_argument("--workers", type=int, default=1, help="processes training ground-truth models (default 1)")
     x.add_argument("--threads", type=int, default=None, help="torch threads while methods run (default: torch's)")
+    x.add_argument("--noise-ceiling", type=int, default=0, metavar="N",
+                   help="retrain the first N masks with fresh seeds to measure ground-truth reproducibility")
     x.add_argument("--out", required=True, help="output folder for results.json")
     x.set_defaults(func=cmd_bench_lds)
