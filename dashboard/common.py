@@ -110,7 +110,7 @@ def pick_run(runs: list[dict], key: str, label: str = "Run", require: str | None
         st.session_state["selected_run"] = st.session_state[key]
 
     choice = st.selectbox(label, names, index=index, key=key, on_change=remember,
-                          format_func=lambda n: f"{n} — {state_label(by_name[n]['state'])}, {fmt_time(by_name[n]['started_at'])}")
+                          format_func=lambda n: f"{n} — started {fmt_time(by_name[n]['started_at'])}")
     return by_name[choice]
 
 

@@ -94,7 +94,7 @@ def test_start_run_in_the_browser_and_read_rankings(browser_ready, pydocs_ws, tm
             page.goto(f"{base}/influence")
             bh.wait_idle(page, settle=2.0)
             expect(page.get_by_role("heading", name="Influence explorer")).to_be_visible()
-            expect(page.get_by_role("combobox", name="Run")).to_have_value(re.compile(rf"^{run_name} — done"))
+            expect(page.get_by_role("combobox", name="Run")).to_have_value(re.compile(rf"^{run_name} — started"))
             expect(page.get_by_role("heading", name=re.compile("Helpful"))).to_be_visible()
             expect(page.get_by_text("Scores are in loss units", exact=False)).to_be_visible()
             assert page.locator('[data-testid="stDataFrame"]').count() >= 1
