@@ -30,7 +30,10 @@ def ensure_default_model(ws, preset: str = "default", device: str = "cpu", progr
     return out
 
 
-def run_demo(ws, preset: str = "default", device: str = "auto", progress: bool = True) -> dict:
+SAMPLE_PROMPTS = Path(__file__).resolve().parent.parent / "data" / "sample_prompts.jsonl"
+
+
+def run_demo(ws, preset: str = "default", device: str = "auto", progress: bool = True, index_and_attribute: bool = True) -> dict:
     from .corpus import corpus_info
     from .models import resolve_device
 
@@ -40,4 +43,18 @@ def run_demo(ws, preset: str = "default", device: str = "auto", progress: bool =
     info = corpus_info(ws, "pydocs")
     print(f"corpus 'pydocs': {info['n_docs']} documents in {ws.db_path}")
     print(f"model: {model_dir}")
-    return {"model_dir": str(model_dir), "corpus": "pydocs"}
+    if not index_and_attribute:
+        return {"model_dir": str(model_dir), "corpus": "pydocs"}
+    from .arguments import AttributeArgs
+    from .pipeline import make_config, run_all
+
+    run = "demo" if preset == "default" else f"demo-{preset}"
+    config = make_config("pydocs", str(model_dir), preset)
+    df = run_all(ws, run, config, SAMPLE_PROMPTS, AttributeArgs(top_k=20, device=dev), device=dev, progress=progress)
+    for qid, g in df[df["direction"] == "helpful"].groupby("query_id", sort=False):
+        first = g.iloc[0]
+        print(f"\n[{qid}] {first['prompt']} -> {first['continuation'].strip()[:60]!r}")
+        for _, r in g.head(5).iterrows():
+            print(f"  {int(r['rank'])}. {r['score']:+.2e}  {r.get('source', '')}: {r.get('object', '') or r['snippet'][:60]}")
+    print(f"\nrun {run!r}: {ws.run_dir(run)} (browse it with `stride app`)")
+    return {"model_dir": str(model_dir), "corpus": "pydocs", "run": run}

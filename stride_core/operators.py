@@ -93,7 +93,7 @@ class _Rows:
         if self.in_ram:
             self.h = torch.from_numpy(np.asarray(cache.h, dtype=np.float32)).to(device)
             self.z = torch.from_numpy(np.asarray(cache.z, dtype=np.float32)).to(device)
-            self.t = torch.from_numpy(np.asarray(cache.target)).to(device)
+            self.t = torch.from_numpy(np.array(cache.target)).to(device)
 
     def get(self, idx: torch.Tensor):
         if self.in_ram:

@@ -63,7 +63,7 @@ class SubsetDesign:
     def sparse(self, device="cpu", dtype=torch.float32) -> torch.Tensor:
         """M as a torch sparse COO tensor (K, N)."""
         idx = torch.from_numpy(np.stack([self.members.reshape(-1), np.repeat(np.arange(self.N), self.S)]))
-        return torch.sparse_coo_tensor(idx, torch.ones(idx.shape[1], dtype=dtype), (self.K, self.N)).coalesce().to(device)
+        return torch.sparse_coo_tensor(idx, torch.ones(idx.shape[1], dtype=dtype), (self.K, self.N), check_invariants=False).coalesce().to(device)
 
     def save(self, path: Path):
         from safetensors.numpy import save_file

@@ -1,0 +1,156 @@
+"""Engine equivalence and invariance tests on tiny random models (no training needed)."""
+
+import numpy as np
+import pytest
+import torch
+
+from stride_core.activations import FeatureCache, build_cache, features_in_memory
+from stride_core.errors import StrideError
+from stride_core.measurement import measure, measure_looped
+from stride_core.operators import SteeringOperators
+from stride_core.tasks import CausalLMTask, ClassifierTask, decoder_blocks
+
+
+class _Tok:
+    """Minimal tokenizer stand-in: characters -> ids (the task only needs these attributes)."""
+
+    bos_token_id = 0
+    eos_token_id = 0
+    pad_token_id = 0
+
+    def __call__(self, texts, add_special_tokens=False):
+        one = isinstance(texts, str)
+        ids = [[1 + (ord(c) % 60) for c in t] for t in ([texts] if one else texts)]
+        return {"input_ids": ids[0] if one else ids}
+
+
+def _tiny(family: str):
+    import transformers as tf
+
+    common = dict(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                  max_position_embeddings=128)
+    if family == "gpt2":
+        cfg = tf.GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=2, n_positions=128)
+        cls = tf.GPT2LMHeadModel
+    elif family == "llama":
+        cfg, cls = tf.LlamaConfig(num_key_value_heads=2, **common), tf.LlamaForCausalLM
+    elif family == "qwen2":
+        cfg, cls = tf.Qwen2Config(num_key_value_heads=2, **common), tf.Qwen2ForCausalLM
+    else:
+        cfg, cls = tf.GPTNeoXConfig(**common), tf.GPTNeoXForCausalLM
+    torch.manual_seed(0)
+    return cls(cfg).eval()
+
+
+TEXTS = ["hello world, this is a test", "short", "another document with more characters in it", "x y z"]
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "qwen2", "gpt_neox"])
+def test_features_for_each_family_match_full_forward(family):
+    model = _tiny(family)
+    task = CausalLMTask(model, _Tok(), max_tokens=32)
+    prefix, n = decoder_blocks(model)
+    assert task.layer == f"{prefix}.1"
+    items = [(_Tok()(t)["input_ids"][:32], 0) for t in TEXTS]
+    feats = task.features(items)
+    # z rebuilds the model's logits exactly
+    for (ids, _), f in zip(items, feats):
+        seq = torch.tensor([[0, *ids]])
+        with torch.no_grad():
+            logits = model(seq).logits[0, :-1]
+        assert torch.allclose(task.head(f["z"]), logits, atol=1e-4)
+        assert f["h"].shape == (len(ids), 32) and torch.equal(f["target"], torch.tensor(ids))
+    # hooks are always removed
+    assert not any(m._forward_hooks for m in model.modules())
+
+
+def test_unknown_layer_is_a_clear_error():
+    with pytest.raises(StrideError, match="no module named"):
+        CausalLMTask(_tiny("gpt2"), _Tok(), layer="transformer.h.9")
+
+
+def _ops(model, K=5, R=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    D = model.config.hidden_size
+    ops = SteeringOperators(D, D, K, R)
+    with torch.no_grad():
+        ops.A.copy_(0.3 * torch.randn(K, R, D, generator=g))
+    return ops
+
+
+def test_batched_measurement_equals_looped_and_full_forward_hook():
+    model = _tiny("gpt2")
+    task = CausalLMTask(model, _Tok(), max_tokens=32)
+    items = [(_Tok()(t)["input_ids"], 3 if i % 2 else 0) for i, t in enumerate(TEXTS)]
+    q = features_in_memory(task, items, batch_size=3)
+    ops = _ops(model)
+    y, base = measure(q, ops, task.head, logits_budget=64 * 40)  # tiny budget forces chunking
+    assert np.allclose(y, measure_looped(q, ops, task.head), atol=1e-5)
+    # full forward with the steering applied by hooks
+    for qi, (ids, n_prompt) in enumerate(items):
+        for k in range(ops.K):
+            store = {}
+            h_hook = task.layer_module.register_forward_hook(lambda m, i, o: store.__setitem__("h", o[0] if isinstance(o, tuple) else o))
+            pre = task.unembed.register_forward_pre_hook(lambda m, args: (args[0] + ops.delta_all(store["h"][0], torch.tensor([k]))[0][None],))
+            try:
+                with torch.no_grad():
+                    seq = torch.tensor([[0, *ids]])
+                    logits = model(seq).logits[0, :-1]
+            finally:
+                h_hook.remove(); pre.remove()
+            tok_loss = torch.nn.functional.cross_entropy(logits, torch.tensor(ids), reduction="none")
+            w = torch.ones(len(ids)); w[:n_prompt] = 0
+            with torch.no_grad():
+                base_logits = model(torch.tensor([[0, *ids]])).logits[0, :-1]
+            base_loss = (torch.nn.functional.cross_entropy(base_logits, torch.tensor(ids), reduction="none") * w).sum() / w.sum()
+            steered = (tok_loss * w).sum() / w.sum()
+            assert abs(float(base_loss - steered) - y[qi, k]) < 1e-4
+
+
+def test_cache_is_invariant_to_batch_size_and_resumes(tmp_path, monkeypatch):
+    model = _tiny("llama")
+    task = CausalLMTask(model, _Tok(), max_tokens=32)
+    texts = TEXTS * 3
+    items = [(_Tok()(t)["input_ids"][:32], 0) for t in texts]
+    lengths = [len(i) for i, _ in items]
+    ids = np.arange(len(items)) + 100
+    a = build_cache(tmp_path / "a", task, items, lengths, ids, batch_size=1, dtype="float32", progress=False)
+    b = build_cache(tmp_path / "b", task, items, lengths, ids, batch_size=5, dtype="float32", progress=False)
+    assert np.allclose(a.h, b.h, atol=1e-5) and np.allclose(a.z, b.z, atol=1e-5)
+    assert np.array_equal(a.target, b.target)
+    # interrupt after the first batch, then resume
+    calls = {"n": 0}
+    orig = task.features
+
+    def flaky(batch):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return orig(batch)
+
+    monkeypatch.setattr(task, "features", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        build_cache(tmp_path / "c", task, items, lengths, ids, batch_size=4, dtype="float32", progress=False)
+    with pytest.raises(Exception, match="incomplete"):
+        FeatureCache.open(tmp_path / "c")
+    monkeypatch.setattr(task, "features", orig)
+    c = build_cache(tmp_path / "c", task, items, lengths, ids, batch_size=4, dtype="float32", progress=False)
+    assert np.allclose(a.h, c.h, atol=1e-5) and np.array_equal(a.target, c.target)
+
+
+def test_nan_activations_name_the_document(tmp_path):
+    model = _tiny("gpt2")
+    with torch.no_grad():
+        model.transformer.h[0].mlp.c_fc.weight.fill_(float("nan"))
+    task = CausalLMTask(model, _Tok(), max_tokens=16)
+    items = [(_Tok()(t)["input_ids"][:16], 0) for t in TEXTS]
+    with pytest.raises(StrideError, match="NaN or inf in the activations of document"):
+        build_cache(tmp_path / "n", task, items, [len(i) for i, _ in items], np.arange(4), progress=False)
+
+
+def test_classifier_task_on_plain_module():
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    task = ClassifierTask(net, "1", n_classes=3)
+    x = torch.randn(5, 4)
+    feats = task.features([(x[i], i % 3) for i in range(5)])
+    assert feats[0]["h"].shape == (1, 8) and torch.allclose(torch.cat([f["z"] for f in feats]), net(x), atol=1e-6)

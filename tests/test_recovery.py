@@ -1,0 +1,83 @@
+import numpy as np
+import pytest
+
+from stride_core.errors import StrideError
+from stride_core.recovery import LassoRecovery
+from stride_core.subsets import SubsetDesign
+
+
+def test_design_is_left_regular_and_seeded():
+    d = SubsetDesign.random(np.arange(500), K=60, S=5, seed=3)
+    assert d.members.shape == (500, 5)
+    assert all(len(set(r)) == 5 for r in d.members)
+    assert d.dense().sum(0).tolist() == [5.0] * 500
+    assert np.array_equal(d.members, SubsetDesign.random(np.arange(500), 60, 5, seed=3).members)
+    indptr, docs = d.csr()
+    assert indptr[-1] == 2500 and np.array_equal(np.diff(indptr), d.sizes())
+    with pytest.raises(StrideError, match="larger than N"):
+        SubsetDesign.random(np.arange(10), K=20, S=2)
+
+
+def test_design_roundtrip_checks_doc_ids(tmp_path):
+    from stride_core.errors import RunError
+
+    d = SubsetDesign.random(np.arange(100) + 7, K=20, S=3)
+    d.save(tmp_path / "m.safetensors")
+    d2 = SubsetDesign.load(tmp_path / "m.safetensors", np.arange(100) + 7)
+    assert np.array_equal(d.members, d2.members) and d2.K == 20
+    with pytest.raises(RunError, match="other documents"):
+        SubsetDesign.load(tmp_path / "m.safetensors", np.arange(100))
+
+
+def test_planted_sparse_vector_is_recovered():
+    N, K, S = 2000, 300, 10
+    design = SubsetDesign.random(np.arange(N), K, S, seed=0)
+    rng = np.random.default_rng(1)
+    Q = 5
+    W = np.zeros((Q, N), dtype=np.float32)
+    for q in range(Q):
+        supp = rng.choice(N, 10, replace=False)
+        W[q, supp] = rng.choice([-1, 1], 10) * rng.uniform(0.5, 1.5, 10)
+    y = W @ design.dense().T + 0.3 + 0.01 * rng.standard_normal((Q, K)).astype(np.float32)
+    rec = LassoRecovery().fit(design, y)
+    for q in range(Q):
+        true = set(np.flatnonzero(W[q]))
+        found = set(np.flatnonzero(np.abs(rec.influence_[q]) > 0.1))
+        precision = len(true & found) / max(1, len(found))
+        recall = len(true & found) / len(true)
+        assert precision >= 0.95 and recall >= 0.95, (q, precision, recall)
+    assert np.allclose(rec.intercept_, 0.3, atol=0.1)
+
+
+@pytest.mark.parametrize("positive", [False, True])
+def test_matches_sklearn_lasso(positive):
+    from sklearn.linear_model import Lasso
+
+    rng = np.random.default_rng(0)
+    K, N = 80, 120
+    M = (rng.random((K, N)) < 0.1).astype(np.float32)
+    y = rng.standard_normal((3, K)).astype(np.float32)
+    lam = 2.0
+    ours = LassoRecovery(alpha=lam, positive=positive, max_iter=5000, tol=1e-9).fit(M, y)
+    for q in range(3):
+        sk = Lasso(alpha=lam / K, fit_intercept=True, positive=positive, max_iter=100000, tol=1e-10).fit(M, y[q])
+        assert np.allclose(ours.influence_[q], sk.coef_, atol=2e-3)
+        assert abs(ours.intercept_[q] - sk.intercept_) < 2e-3
+
+
+def test_dense_and_sparse_paths_agree(monkeypatch):
+    import stride_core.recovery as r
+
+    design = SubsetDesign.random(np.arange(300), 50, 4, seed=0)
+    y = np.random.default_rng(0).standard_normal((4, 50)).astype(np.float32)
+    a = LassoRecovery(alpha_ratio=0.1).fit(design, y).influence_
+    monkeypatch.setattr(r._Operator, "DENSE_LIMIT", 0)
+    b = LassoRecovery(alpha_ratio=0.1).fit(design, y).influence_
+    assert np.allclose(a, b, atol=1e-4)
+
+
+def test_bad_arguments():
+    with pytest.raises(StrideError):
+        LassoRecovery(alpha=-1)
+    with pytest.raises(StrideError, match="NaN"):
+        LassoRecovery(alpha=0.1).fit(np.eye(3), np.array([[np.nan, 0, 0]]))
