@@ -75,7 +75,8 @@ class OperatorArgs(_Args):
     jl_dim: int = 64  # q: columns of the JL sketch of M for the linearity loss
     ridge_gamma: float = 1.0
     linearity_batch: int = 32  # token rows x whose full y_x (all K) enters the linearity loss
-    n_reference: int = 64  # corpus documents whose mean y centres the measurements
+    n_reference: int = 32  # corpus documents whose mean y centres the measurements
+    reference_tokens: int = 16  # sampled token positions per reference document
     seed: int = 0
     device: str = "auto"
 
@@ -113,7 +114,7 @@ PRESETS = {
     # ci: seconds on a CPU, for tests and the browser test.
     "ci": dict(cache=CacheArgs(max_tokens=64, batch_size=32), subsets=SubsetArgs(K=64, S=4),
                operators=OperatorArgs(R=8, steps=40, tokens_per_subset=8, stability_tokens=8, n_reference=16)),
-    "default": dict(cache=CacheArgs(), subsets=SubsetArgs(K=1000, S=10), operators=OperatorArgs()),
+    "default": dict(cache=CacheArgs(), subsets=SubsetArgs(K=1000, S=10), operators=OperatorArgs(steps=400, subset_batch=250)),
 }
 
 

@@ -47,8 +47,16 @@ class StrideEstimator:
         idx = np.sort(np.random.default_rng(self.operators.seed + 1).choice(train.n_docs, n, replace=False))
         from .activations import FeatureCache
 
-        rows = np.concatenate([np.arange(train.offsets[i], train.offsets[i + 1]) for i in idx])
-        lens = np.diff(train.offsets)[idx]
+        # At most `reference_tokens` sampled positions per document keep this pass cheap (K x V per token).
+        g = np.random.default_rng(self.operators.seed + 2)
+        per_doc = []
+        for i in idx:
+            pos = np.arange(train.offsets[i], train.offsets[i + 1])
+            if len(pos) > self.operators.reference_tokens:
+                pos = np.sort(g.choice(pos, self.operators.reference_tokens, replace=False))
+            per_doc.append(pos)
+        rows = np.concatenate(per_doc)
+        lens = np.array([len(p) for p in per_doc])
         sub = FeatureCache(root=train.root, doc_ids=np.asarray(train.doc_ids)[idx], offsets=np.concatenate([[0], np.cumsum(lens)]),
                            h=np.asarray(train.h[rows]), z=np.asarray(train.z[rows]), target=np.asarray(train.target[rows]),
                            weight=np.ones(len(rows), dtype=np.float32))

@@ -1,0 +1,102 @@
+"""STRIDE as a benchmark method (and its ablations), for both LDS settings.
+
+Each function takes the setting's context and returns ((Q, N) scores, timing). Variants differ by
+one argument so that an ablation table comes out of one `stride bench lds --methods ...` call."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+from ..activations import features_in_memory
+from ..arguments import OperatorArgs, SubsetArgs
+from ..estimator import StrideEstimator
+from ..tasks import CausalLMTask, ClassifierTask
+
+# Tuned on digits (see BENCHMARKS.md): the base MLP fits its training set, so no centring.
+DIGITS = dict(subsets=SubsetArgs(K=400, S=10), operators=OperatorArgs(R=16, steps=200, tokens_per_subset=16, stability_tokens=16,
+                                                                       subset_batch=400), center=False, layer="fc2")
+LM = dict(subsets=SubsetArgs(K=600, S=10), operators=OperatorArgs(R=16, steps=300, tokens_per_subset=16, stability_tokens=16,
+                                                                   subset_batch=200), center=True, layer=None)
+
+
+def _run(ctx, task, train_items, query_items, cfg, batch_size):
+    t0 = time.perf_counter()
+    train = features_in_memory(task, train_items, batch_size)
+    est = StrideEstimator(task.head, cfg["subsets"], cfg["operators"], center=cfg["center"], device=ctx.device,
+                          alpha_ratio=cfg.get("alpha_ratio"), positive=cfg.get("positive", False))
+    est.fit(train)
+    fit_s = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    queries = features_in_memory(task, query_items, batch_size)
+    scores = est.scores(queries)
+    return scores, {"fit_seconds": fit_s, "query_seconds": time.perf_counter() - t1}
+
+
+def stride_digits(ctx, **over):
+    cfg = _merge(DIGITS, over)
+    task = ClassifierTask(ctx.model, cfg["layer"], n_classes=10)
+    X, Xq = torch.as_tensor(ctx.X_train, dtype=torch.float32), torch.as_tensor(ctx.X_query, dtype=torch.float32)
+    train = [(X[i], int(ctx.y_train[i])) for i in range(len(X))]
+    queries = [(Xq[i], int(ctx.y_query[i])) for i in range(len(Xq))]
+    return _run(ctx, task, train, queries, cfg, 256)
+
+
+def stride_lm(ctx, **over):
+    cfg = _merge(LM, over)
+    model = ctx.load_model()
+    task = CausalLMTask(model, ctx.tokenizer, layer=cfg["layer"], max_tokens=ctx.block_size)
+    train = [(list(ids)[: ctx.block_size], 0) for ids in ctx.train_token_ids]
+    queries = [(list(p) + list(c), len(p)) for p, c in zip(ctx.query_prompt_ids, ctx.query_cont_ids)]
+    return _run(ctx, task, train, queries, cfg, 32)
+
+
+def _merge(base: dict, over: dict) -> dict:
+    cfg = dict(base)
+    for k, v in over.items():
+        if k in ("K", "S"):
+            cfg["subsets"] = replace(cfg["subsets"], **{k: v})
+        elif hasattr(cfg["operators"], k):
+            cfg["operators"] = replace(cfg["operators"], **{k: v})
+        else:
+            cfg[k] = v
+    return cfg
+
+
+def stride_method(**over):
+    """A method callable dispatching on the setting, with argument overrides."""
+
+    def method(ctx):
+        return stride_lm(ctx, **over) if hasattr(ctx, "train_token_ids") else stride_digits(ctx, **over)
+
+    return method
+
+
+VARIANTS = {
+    "stride": {},
+    "stride-center": {"center": True},
+    "stride-nocenter": {"center": False},
+    "stride-linearity": {"linearity_weight": 1.0},
+    "stride-nostability": {"stability_weight": 0.0},
+    "stride-positive": {"positive": True},
+    "stride-K2x": {"K": -2},  # resolved per setting: twice the default K (capped at N)
+}
+
+
+def register_all(methods: dict):
+    for name, over in VARIANTS.items():
+        methods[name] = _resolve(over)
+
+
+def _resolve(over):
+    def method(ctx):
+        o = dict(over)
+        if o.get("K") == -2:
+            base = (LM if hasattr(ctx, "train_token_ids") else DIGITS)["subsets"].K
+            o["K"] = min(2 * base, len(ctx.train_ids))
+        return stride_method(**o)(ctx)
+
+    return method
