@@ -274,3 +274,16 @@ def test_setup_waits_while_another_job_trains_the_builtin_model(populated):
     at.radio(key="preset_choice").set_value("default").run()  # another preset: another model folder
     assert "is training the built-in model" not in texts(at.warning)
     assert not by_label(at.button, "Start run").disabled
+
+
+def test_setup_page_when_the_database_is_unreadable(tmp_path, monkeypatch):
+    root = tmp_path / "ws"
+    root.mkdir()
+    (root / "stride.duckdb").write_bytes(b"this is not a duckdb file")
+    monkeypatch.setenv("STRIDE_WORKSPACE", str(root))
+    from dashboard import queries
+
+    monkeypatch.setattr(queries, "LOCK_TIMEOUT_S", 0.3)  # Workspace.connect retries IO errors as locks
+    at = open_page("views/setup.py")
+    assert at.error  # a message, not a traceback
+    assert by_label(at.button, "Start run").disabled

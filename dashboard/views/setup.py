@@ -233,6 +233,8 @@ if corpus == "pydocs" and builds_default and (busy := jobs.preparing_job(ws, cor
 if jobs.engine_available(wait_s=0.5) is False:
     st.warning("The STRIDE engine command `stride run` is not available in this installation yet: a job would fail.")
 
+if not corpus:
+    problems.append("no corpus selected")
 if problems:
     st.caption("Cannot start yet: " + "; ".join(problems) + ".")
 if st.button("Start run", type="primary", disabled=bool(problems), key="start"):
