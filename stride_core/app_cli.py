@@ -1,6 +1,6 @@
 """`stride app`: start the audit dashboard (Streamlit) on a workspace.
 
-The app starts at once. In a workspace without a `demo` run, it first launches one background job that
+The app starts at once. In a workspace without a `demo` run (`demo-ci` with --demo-preset ci), it first launches one background job that
 builds the default corpus and the built-in model and runs STRIDE on the sample prompts as run `demo`;
 the dashboard's Runs page shows its progress. Then this process becomes `streamlit run dashboard/app.py`.
 """
@@ -55,10 +55,11 @@ def cmd_app(args) -> None:
         raise StrideError(f"--port must be in 1..65535, got {args.port}")
     if not port_free(args.host, args.port):
         raise StrideError(f"port {args.port} on {args.host} is in use (another `stride app`?): pass --port with a free port")
-    if not args.no_demo and not ws.runs_dir.joinpath("demo").exists():
-        job = jobs.start_demo_job(ws, preset=args.demo_preset, device=args.device)
+    demo = "demo" if args.demo_preset == "default" else f"demo-{args.demo_preset}"  # the names `stride demo` uses
+    if not args.no_demo and not ws.runs_dir.joinpath(demo).exists():
+        job = jobs.start_demo_job(ws, preset=args.demo_preset, device=args.device, run=demo)
         print(f"started the demo job (pid {job['pid']}): builds the default corpus + model, then runs STRIDE on the "
-              f"sample prompts as run 'demo'; log: {ws.run_dir('demo') / jobs.LOG_FILE}", flush=True)
+              f"sample prompts as run {demo!r}; log: {ws.run_dir(demo) / jobs.LOG_FILE}", flush=True)
     cmd = streamlit_command(args.host, args.port)
     env = dict(os.environ, STRIDE_WORKSPACE=str(ws.root))
     print(f"dashboard: http://{args.host}:{args.port}  (workspace {ws.root}; Ctrl-C stops the dashboard, "

@@ -239,19 +239,20 @@ def test_stride_app_command(tmp_path, monkeypatch):
     from stride_core.cli import main
 
     started, execs = [], []
-    monkeypatch.setattr(jobs, "start_demo_job", lambda ws, preset, device: started.append(preset) or {"pid": 1})
+    monkeypatch.setattr(jobs, "start_demo_job",
+                        lambda ws, preset, device, run: started.append((preset, run)) or {"pid": 1})
     monkeypatch.setattr(app_cli.os, "execve", lambda exe, argv, env: execs.append((argv, env)))
     root = tmp_path / "ws"
     assert main(["--workspace", str(root), "app", "--port", "8765", "--demo-preset", "ci"]) == 0
-    assert started == ["ci"]
+    assert started == [("ci", "demo-ci")]
     argv, env = execs[-1]
     assert argv[1:4] == ["-m", "streamlit", "run"] and Path(argv[4]) == Path(APP).resolve()
     assert argv[argv.index("--server.port") + 1] == "8765" and argv[argv.index("--server.address") + 1] == "127.0.0.1"
     assert env["STRIDE_WORKSPACE"] == str(root.resolve())
     (root / "runs" / "demo").mkdir(parents=True)
-    assert main(["--workspace", str(root), "app", "--port", "8765"]) == 0 and started == ["ci"]  # demo exists
+    assert main(["--workspace", str(root), "app", "--port", "8765"]) == 0 and len(started) == 1  # demo exists
     assert main(["--workspace", str(tmp_path / "other"), "app", "--no-demo", "--port", "8765"]) == 0
-    assert started == ["ci"]
+    assert len(started) == 1
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
