@@ -82,8 +82,10 @@ class Workspace:
             try:
                 con = duckdb.connect(str(self.db_path), read_only=read_only)
                 break
-            except duckdb.IOException as exc:  # lock held by another process
-                if time.monotonic() > deadline:
+            except duckdb.IOException as exc:
+                if "lock" not in str(exc).lower():  # a corrupt or unreadable file: retrying cannot help
+                    raise StrideError(f"cannot open the workspace database {self.db_path}: {exc}") from exc
+                if time.monotonic() > deadline:  # lock held by another process for too long
                     raise StrideError(
                         f"the workspace database {self.db_path} stayed locked by another process for "
                         f"{timeout_s:.0f}s: wait for the running job to finish and retry ({exc})"
