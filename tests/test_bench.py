@@ -200,3 +200,13 @@ def test_rerun_consistency_is_one_for_same_init(tmp_path):
     gt = compute_ground_truth(s, tmp_path, ctx=ctx, progress=False)
     r = rerun_consistency(s, ctx, gt, n_masks=4, progress=False)
     assert r["n_masks"] == 4 and np.isclose(r["mean_rho"], 1.0)
+
+
+def test_ground_truth_workers_match_serial(tmp_path):
+    from stride_core.bench.ground_truth import compute_ground_truth
+
+    s = _digits(n_models=2, epochs=2)
+    serial = compute_ground_truth(s, tmp_path / "a", progress=False)
+    pooled = compute_ground_truth(s, tmp_path / "b", progress=False, workers=2)
+    assert pooled.n_trained == 2 and np.array_equal(serial.masks, pooled.masks)
+    assert np.array_equal(serial.outputs, pooled.outputs)  # same thread count: bit-identical

@@ -137,14 +137,18 @@ def _to_gt(setting, rows: list[dict], path: Path, n_trained: int) -> GroundTruth
 # ------------------------------------------------------------------------------------- compute
 
 
-def train_one(setting, ctx, m: int, device: str = "cpu") -> dict:
-    """Train ground-truth model m on its mask and measure every query of `ctx`."""
+def train_one(setting, ctx, m: int, device: str = "cpu", seed_offset: int = 0) -> dict:
+    """Train ground-truth model m on its mask and measure every query of `ctx` (seed_offset != 0:
+    the same mask with another seed, for the rerun diagnostic)."""
     mask = setting.mask(m)
-    seed = setting.model_seed(m)
-    t0 = time.time()
-    model = setting.train_subset(ctx, mask, seed, device)
-    secs = time.time() - t0
-    outs = setting.query_outputs(ctx, model, device)
+    seed = setting.model_seed(m) + seed_offset
+    from .settings import torch_threads
+
+    with torch_threads(setting.train_threads):  # measured on the same thread count everywhere
+        t0 = time.time()
+        model = setting.train_subset(ctx, mask, seed, device)
+        secs = time.time() - t0
+        outs = setting.query_outputs(ctx, model, device)
     return {"model": m, "seed": seed, "train_seconds": secs, "mask": mask, "outputs": outs}
 
 
@@ -160,8 +164,23 @@ def _worker_init(setting, cache_dir, device, threads):
     _WORKER["ctx"] = setting.build_context(cache_dir, device=device, progress=False)
 
 
-def _worker_train(m: int) -> dict:
-    return train_one(_WORKER["setting"], _WORKER["ctx"], m, _WORKER["device"])
+def _worker_train(m: int, seed_offset: int = 0) -> dict:
+    return train_one(_WORKER["setting"], _WORKER["ctx"], m, _WORKER["device"], seed_offset)
+
+
+def _map_models(setting, ctx, ms: list[int], device: str, workers: int, cache_dir, seed_offset: int = 0):
+    """Yields train_one rows for models `ms` in order, in this process or a spawn pool."""
+    if workers <= 1:
+        for m in ms:
+            yield train_one(setting, ctx, m, device, seed_offset)
+        return
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
+                             initargs=(setting, str(cache_dir), device, threads)) as ex:
+        yield from ex.map(_worker_train, ms, [seed_offset] * len(ms))
 
 
 def compute_ground_truth(setting, cache_dir, n_models: int | None = None, ctx=None, device: str = "cpu",
@@ -210,18 +229,8 @@ def compute_ground_truth(setting, cache_dir, n_models: int | None = None, ctx=No
             last_save = time.time()
 
     try:
-        if workers <= 1:
-            for m in todo:
-                take(train_one(work_setting, work_ctx, m, device))
-        else:
-            import multiprocessing as mp
-            from concurrent.futures import ProcessPoolExecutor
-
-            threads = max(1, (os.cpu_count() or 1) // workers)
-            with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
-                                     initargs=(work_setting, str(cache_dir), device, threads)) as ex:
-                for row in ex.map(_worker_train, todo):
-                    take(row)
+        for row in _map_models(work_setting, work_ctx, todo, device, workers, cache_dir):
+            take(row)
     finally:
         bar.close()
         if rows and n_new:
@@ -236,7 +245,7 @@ RERUN_SEED_OFFSET = 10_000_000
 
 
 def rerun_consistency(setting, ctx, gt: GroundTruth, n_masks: int = 20, device: str = "cpu",
-                      progress: bool = True) -> dict:
+                      progress: bool = True, workers: int = 1) -> dict:
     """How reproducible is the ground truth? Retrain models 0..n_masks-1 on the *same* masks with
     fresh seeds and correlate (Spearman over masks, per query) their outputs with the cached ones.
 
@@ -250,12 +259,10 @@ def rerun_consistency(setting, ctx, gt: GroundTruth, n_masks: int = 20, device: 
     n = min(n_masks, gt.n_models)
     if n < 3:
         raise StrideError("rerun consistency needs at least 3 ground-truth models")
-    again = []
-    for m in tqdm(range(n), desc="rerun (noise ceiling)", disable=not progress, mininterval=1.0):
-        seed = setting.model_seed(m) + (0 if setting.same_init else RERUN_SEED_OFFSET)
-        model = setting.train_subset(ctx, setting.mask(m), seed, device)
-        again.append(setting.query_outputs(ctx, model, device)["loss"][:gt.n_query])
-    again = np.stack(again)
+    offset = 0 if setting.same_init else RERUN_SEED_OFFSET
+    rows = _map_models(setting, ctx, list(range(n)), device, workers, ctx.cache_dir, offset)
+    again = np.stack([r["outputs"]["loss"][:gt.n_query]
+                      for r in tqdm(rows, total=n, desc="rerun (noise ceiling)", disable=not progress, mininterval=1.0)])
     rho = spearman_columns(gt.outputs[:n], again)
     centred = spearman_columns(gt.outputs[:n] - gt.outputs[:n].mean(1, keepdims=True),
                                again - again.mean(1, keepdims=True)) if gt.n_query > 1 else rho

@@ -208,7 +208,7 @@ def run_lds_bench(setting_name: str, out_dir, models: int | None = None, queries
 
     rerun = None
     if noise_ceiling:
-        rerun = rerun_consistency(setting, ctx, gt, noise_ceiling, device=dev, progress=progress)
+        rerun = rerun_consistency(setting, ctx, gt, noise_ceiling, device=dev, progress=progress, workers=workers)
         logger.info("rerun consistency over %d masks: rho %.3f (query-specific %.3f)", rerun["n_masks"],
                     rerun["mean_rho"], rerun["mean_rho_query_specific"])
 

@@ -18,7 +18,7 @@ from ..tasks import CausalLMTask, ClassifierTask
 
 # Tuned on digits (see BENCHMARKS.md): the base MLP fits its training set, so no centring.
 DIGITS = dict(subsets=SubsetArgs(K=400, S=10), operators=OperatorArgs(R=16, steps=200, tokens_per_subset=16, stability_tokens=16,
-                                                                       subset_batch=400), center=False, layer="fc2")
+                                                                       subset_batch=400), center=False, layer="act1")
 LM = dict(subsets=SubsetArgs(K=600, S=10), operators=OperatorArgs(R=16, steps=300, tokens_per_subset=16, stability_tokens=16,
                                                                    subset_batch=200), center=True, layer=None)
 
