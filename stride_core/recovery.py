@@ -90,11 +90,11 @@ class LassoRecovery:
 
     alpha: float | str = "auto"
     alpha_ratio: float | None = None
-    ratios: tuple = (0.3, 0.2, 0.1, 0.05, 0.02, 0.01)
+    ratios: tuple = (0.3, 0.1, 0.05, 0.02)
     holdout: float = 0.15
     positive: bool = False
-    max_iter: int = 500
-    tol: float = 1e-6
+    max_iter: int = 300
+    tol: float = 1e-4
     device: str = "cpu"
     seed: int = 0
 
