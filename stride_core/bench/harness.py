@@ -34,11 +34,13 @@ import numpy as np
 
 from ..errors import StrideError
 from .baselines import BASELINES
+from .stride_method import register_all as register_stride
 from .lds import lds, lds_summary, query_specific_lds
 
 logger = logging.getLogger(__name__)
 
 METHODS: dict[str, Callable] = dict(BASELINES)
+register_stride(METHODS)  # "stride" and its ablation variants (stride_method.VARIANTS)
 DEFAULT_METHODS = ["random", "generic", "tfidf", "repsim", "graddot"]
 # Peer libraries: run only when importable *and* an adapter is registered in METHODS.
 PEERS = {"kronfluence": "kronfluence", "dattri": "dattri"}
@@ -189,7 +191,8 @@ def run_lds_bench(setting_name: str, out_dir, models: int | None = None, queries
     out_dir = Path(out_dir).expanduser()
     registry = {**METHODS, **(extra_methods or {})}
     if methods is None:
-        wanted = list(DEFAULT_METHODS) + [m for m in registry if m not in DEFAULT_METHODS] + \
+        # ablation variants ("stride-...") run only when named
+        wanted = list(DEFAULT_METHODS) + [m for m in registry if m not in DEFAULT_METHODS and not m.startswith("stride-")] + \
             [m for m in PEERS if m not in registry]
     else:
         wanted = _parse_methods(methods)
