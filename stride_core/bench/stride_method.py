@@ -9,12 +9,10 @@ import time
 from dataclasses import replace
 
 import numpy as np
-import torch
 
-from ..activations import features_in_memory
 from ..arguments import OperatorArgs, SubsetArgs
-from ..estimator import StrideEstimator
-from ..tasks import CausalLMTask, ClassifierTask
+
+# torch-dependent modules are imported inside the methods: the CLI imports this registry at start-up.
 
 # Tuned on digits (see BENCHMARKS.md): the base MLP fits its training set, so no centring.
 DIGITS = dict(subsets=SubsetArgs(K=400, S=10), operators=OperatorArgs(R=16, steps=200, tokens_per_subset=16, stability_tokens=16,
@@ -23,9 +21,18 @@ LM = dict(subsets=SubsetArgs(K=600, S=10), operators=OperatorArgs(R=16, steps=30
                                                                    subset_batch=200), center=True, layer=None)
 
 
-def _run(ctx, task, train_items, query_items, cfg, batch_size):
+def _run(ctx, task, train_items, query_items, cfg, batch_size, owners=None):
+    """owners[i] = training document of item i (an LM document longer than the context is cut into
+    consecutive windows whose token rows are joined back into one document)."""
+    from ..activations import features_in_memory
+    from ..estimator import StrideEstimator
+
     t0 = time.perf_counter()
     train = features_in_memory(task, train_items, batch_size)
+    if owners is not None:
+        lengths = np.bincount(np.asarray(owners), weights=np.diff(train.offsets), minlength=ctx.n_train).astype(np.int64)
+        train.offsets = np.concatenate([[0], np.cumsum(lengths)])
+        train.doc_ids = np.arange(ctx.n_train)
     est = StrideEstimator(task.head, cfg["subsets"], cfg["operators"], center=cfg["center"], device=ctx.device,
                           alpha_ratio=cfg.get("alpha_ratio"), positive=cfg.get("positive", False))
     est.fit(train)
@@ -37,6 +44,10 @@ def _run(ctx, task, train_items, query_items, cfg, batch_size):
 
 
 def stride_digits(ctx, **over):
+    import torch
+
+    from ..tasks import ClassifierTask
+
     cfg = _merge(DIGITS, over)
     task = ClassifierTask(ctx.model, cfg["layer"], n_classes=10)
     X, Xq = torch.as_tensor(ctx.X_train, dtype=torch.float32), torch.as_tensor(ctx.X_query, dtype=torch.float32)
@@ -46,12 +57,21 @@ def stride_digits(ctx, **over):
 
 
 def stride_lm(ctx, **over):
+    from ..tasks import CausalLMTask
+
     cfg = _merge(LM, over)
     model = ctx.load_model()
     task = CausalLMTask(model, ctx.tokenizer, layer=cfg["layer"], max_tokens=ctx.block_size)
-    train = [(list(ids)[: ctx.block_size], 0) for ids in ctx.train_token_ids]
+    # Whole documents, as the ground-truth models saw them, in block_size windows.
+    train, owners = [], []
+    for i, ids in enumerate(ctx.train_token_ids):
+        ids = list(ids)
+        for a in range(0, max(1, len(ids)), ctx.block_size):
+            if ids[a:a + ctx.block_size]:
+                train.append((ids[a:a + ctx.block_size], 0))
+                owners.append(i)
     queries = [(list(p) + list(c), len(p)) for p, c in zip(ctx.query_prompt_ids, ctx.query_cont_ids)]
-    return _run(ctx, task, train, queries, cfg, 32)
+    return _run(ctx, task, train, queries, cfg, 32, owners=owners)
 
 
 def _merge(base: dict, over: dict) -> dict:
