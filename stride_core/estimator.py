@@ -60,8 +60,12 @@ class StrideEstimator:
         sub = FeatureCache(root=train.root, doc_ids=np.asarray(train.doc_ids)[idx], offsets=np.concatenate([[0], np.cumsum(lens)]),
                            h=np.asarray(train.h[rows]), z=np.asarray(train.z[rows]), target=np.asarray(train.target[rows]),
                            weight=np.ones(len(rows), dtype=np.float32))
-        y, _ = measure(sub, self.ops_, self.head, self.device)
-        return y.mean(axis=0)
+        y, _ = measure(sub, self.ops_, self.head, self.device)  # (n, K)
+        # A reference document's own subsets see its self-effect, not the generic one: leave it out there.
+        own = np.zeros_like(y, dtype=bool)
+        own[np.repeat(np.arange(n), self.design_.S), self.design_.members[idx].reshape(-1)] = True
+        keep = ~own
+        return (y * keep).sum(axis=0) / np.maximum(keep.sum(axis=0), 1)
 
     def measure(self, queries) -> tuple[np.ndarray, np.ndarray]:
         """y (Q, K) (reference-centred when center=True) and base losses (Q,)."""
