@@ -26,7 +26,7 @@ class StrideEstimator:
     head: object  # z (..., C) -> logits (..., V)
     subsets: SubsetArgs = field(default_factory=SubsetArgs)
     operators: OperatorArgs = field(default_factory=OperatorArgs)
-    center: bool = True
+    center: bool = False
     alpha: float | str = "auto"
     alpha_ratio: float | None = None
     positive: bool = False
