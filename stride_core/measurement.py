@@ -38,7 +38,7 @@ def measure(queries, ops, head, device: str = "cpu", logits_budget: int = 2 ** 2
             q_end += 1
         idx = np.concatenate([np.arange(offsets[i], offsets[i + 1])[weight_all[offsets[i]:offsets[i + 1]] > 0] for i in range(q, q_end)])
         seg = np.concatenate([np.full(int((weight_all[offsets[i]:offsets[i + 1]] > 0).sum()), i - q) for i in range(q, q_end)])
-        r = queries.rows(idx, dev) if hasattr(queries, "rows") else None
+        r = queries.rows(idx, dev)
         h, z, t, w = r["h"], r["z"], r["target"], r["weight"]
         seg_t = torch.from_numpy(seg).to(dev)
         n_q = q_end - q
