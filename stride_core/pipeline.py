@@ -244,15 +244,73 @@ def _generate(task, prompts: list[dict], max_new_tokens: int) -> list[dict]:
     return out
 
 
+@dataclass
+class OpenRun:
+    """A finished index loaded for queries: the model task, the activation cache, the subset design
+    and the fitted estimator. `influence(items)` -> (Q, N) scores in cache (doc_ids) order."""
+
+    rdir: Path
+    config: IndexConfig
+    task: object
+    cache: object
+    design: object
+    estimator: object
+
+    @property
+    def doc_ids(self) -> np.ndarray:
+        return np.asarray(self.cache.doc_ids)
+
+    def influence(self, items: list[tuple[list[int], int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """items: (token ids, first scored position). Returns W (Q, N), y (Q, K), base losses (Q,)."""
+        from .activations import features_in_memory
+
+        qfeat = features_in_memory(self.task, items)
+        y, base = self.estimator.measure(qfeat)
+        rec = self.estimator.recover(y)
+        return rec.influence_, y, base
+
+    def encode(self, texts: list[str], names: list[str]) -> list[tuple[list[int], int]]:
+        """Token items scoring every token of each text (an evaluation item used as a query); texts longer
+        than the context keep their first max_tokens tokens, with a warning naming them."""
+        tok, budget = self.task.tokenizer, self.task.max_tokens - 1
+        out, cut = [], []
+        for name, text in zip(names, texts):
+            ids = tok(text, add_special_tokens=False)["input_ids"]
+            if len(ids) < 1:
+                raise InputError(f"item {name!r} tokenizes to nothing")
+            if len(ids) > budget:
+                cut.append(str(name))
+                ids = ids[:budget]
+            out.append((ids, 0))
+        if cut:
+            logger.warning("%d items longer than the context were truncated to their first %d tokens: %s", len(cut), budget,
+                           ", ".join(cut[:20]) + (" ..." if len(cut) > 20 else ""))
+        return out
+
+
+def open_run(ws, run: str, args: AttributeArgs | None = None) -> OpenRun:
+    """Load a finished index (raises RunError naming the missing stage otherwise)."""
+    from .activations import FeatureCache
+    from .estimator import StrideEstimator
+    from .models import resolve_device
+    from .subsets import SubsetDesign
+
+    args = args or AttributeArgs()
+    rdir, config = load_run(ws, run)
+    dev = resolve_device(args.device)
+    task = _load_task(config, dev)
+    cache = FeatureCache.open(rdir / "cache")
+    design = SubsetDesign.load(rdir / "subsets.safetensors", cache.doc_ids)
+    est = StrideEstimator(task.head, config.subsets, config.operators, center=args.center, alpha=args.alpha,
+                          alpha_ratio=args.alpha_ratio, positive=args.positive, device=dev).load(rdir / "operators.safetensors", design)
+    return OpenRun(rdir, config, task, cache, design, est)
+
+
 def attribute(ws, run: str, prompts: list[dict] | str | Path, args: AttributeArgs | None = None, out: str | Path | None = None,
               progress: bool = True, reporter: Reporter | None = None) -> pd.DataFrame:
     """Continuation + ranked helpful/harmful documents per prompt. Returns the rows (also written to
     runs/<run>/attributions.parquet, OUT when given, and the workspace DuckDB)."""
-    from .activations import FeatureCache, features_in_memory
     from .corpus import corpus_info, load_documents
-    from .estimator import StrideEstimator
-    from .models import resolve_device
-    from .subsets import SubsetDesign
 
     args = args or AttributeArgs()
     if out is not None and Path(out).suffix.lower() not in (".parquet", ".jsonl", ".csv"):
@@ -260,28 +318,19 @@ def attribute(ws, run: str, prompts: list[dict] | str | Path, args: AttributeArg
     prompts = read_prompts(prompts) if isinstance(prompts, (str, Path)) else list(prompts)
     if not prompts:
         raise InputError("no prompts given")
-    rdir, config = load_run(ws, run)
-    dev = resolve_device(args.device)
+    opened = open_run(ws, run, args)
+    rdir, config, task, cache = opened.rdir, opened.config, opened.task, opened.cache
     rep = reporter or Reporter(rdir, run)
     rep.stage("attribute", f"{len(prompts)} prompts")
-    task = _load_task(config, dev)
-    cache = FeatureCache.open(rdir / "cache")
-    design = SubsetDesign.load(rdir / "subsets.safetensors", cache.doc_ids)
-    est = StrideEstimator(task.head, config.subsets, config.operators, center=args.center, alpha=args.alpha,
-                          alpha_ratio=args.alpha_ratio, positive=args.positive, device=dev).load(rdir / "operators.safetensors", design)
     gens = _generate(task, prompts, args.max_new_tokens)
-    rep.update(0.3, "measuring")
+    rep.update(0.3, "measuring and recovering")
     items = []
     for g in gens:
         if g["continuation_ids"]:
             items.append((g["prompt_ids"] + g["continuation_ids"], len(g["prompt_ids"])))
         else:  # no continuation: attribute the prompt's own tokens
             items.append((g["prompt_ids"], 0))
-    qfeat = features_in_memory(task, items)
-    y, base = est.measure(qfeat)
-    rep.update(0.6, "recovering")
-    rec = est.recover(y)
-    W = rec.influence_  # (Q, N)
+    W, y, base = opened.influence(items)  # (Q, N), (Q, K), (Q,)
     info = corpus_info(ws, config.corpus)
     k = min(args.top_k, W.shape[1])
     rows = []
