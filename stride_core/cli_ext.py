@@ -9,3 +9,7 @@ REGISTRATIONS.append(_register_app)
 from .bench.harness import register as _register_bench  # noqa: E402  `stride bench lds`: the LDS benchmark
 
 REGISTRATIONS.append(_register_bench)
+
+from .audit_cli import register as _register_audit  # noqa: E402  `stride audit contamination|select`
+
+REGISTRATIONS.append(_register_audit)

@@ -380,3 +380,34 @@ def load_documents(ws: Workspace, name: str, columns: list[str] | None = None, s
         params.append(int(limit))
     with ws.connect(read_only=True) as con:
         return con.execute(sql, params).df()
+
+
+def iter_documents(ws: Workspace, name: str, columns: list[str] | None = None, batch_size: int = 5000,
+                   shards: list[int] | None = None) -> Iterator:
+    """The documents of a corpus as DataFrames of at most `batch_size` rows, in doc_id order (keyset
+    pagination: memory is bounded by the batch, not by the corpus; each batch is one short read)."""
+    if batch_size < 1:
+        raise CorpusError("batch_size must be >= 1")
+    info = corpus_info(ws, name)
+    allowed = list(RESERVED_COLUMNS) + info["metadata_columns"]
+    cols = list(columns or allowed)
+    bad = [c for c in cols if c not in allowed]
+    if bad:
+        raise CorpusError(f"corpus {name!r} has no column(s) {bad}; available: {allowed}")
+    select = cols if "doc_id" in cols else ["doc_id", *cols]
+    last = -(2 ** 62)
+    while True:
+        where, params = ["doc_id > ?"], [last]
+        if shards is not None:
+            where.append("list_contains(?, shard)")
+            params.append([int(s) for s in shards])
+        sql = ("SELECT " + ", ".join(f'"{c}"' for c in select) + f" FROM {docs_table(name)} WHERE " + " AND ".join(where)
+               + " ORDER BY doc_id LIMIT ?")
+        with ws.connect(read_only=True) as con:
+            df = con.execute(sql, [*params, int(batch_size)]).df()
+        if df.empty:
+            return
+        last = int(df["doc_id"].iloc[-1])
+        yield df[cols]
+        if len(df) < batch_size:
+            return

@@ -96,3 +96,39 @@ class Workspace:
             yield con
         finally:
             con.close()
+
+
+def replace_run_rows(ws: Workspace, table: str, run: str, df, fixed: list[str]) -> None:
+    """Replace run `run`'s rows of DuckDB table `table` by `df` in one transaction. Columns in `fixed`
+    keep their own column; the others (a corpus's metadata) go into one JSON `metadata` column, so
+    runs over corpora with different metadata share the table. `table` is a constant of the caller."""
+    import json
+
+    import pandas as pd
+
+    if not table.isidentifier():
+        raise ValueError(f"bad table name {table!r}")
+    meta = [c for c in df.columns if c not in fixed]
+    rows = df[fixed].copy()
+    rows.insert(0, "run", run)
+    rows["metadata"] = [json.dumps({c: (None if pd.isna(v) else v) for c, v in zip(meta, vals)}, default=str)
+                        for vals in df[meta].itertuples(index=False, name=None)] if meta else "{}"
+    with ws.connect() as con:
+        exists = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [table]).fetchall()[0][0]
+        if not exists and rows.empty:
+            return
+        con.register("new_rows", rows)
+        try:
+            if not exists:
+                con.execute(f"CREATE TABLE {table} AS SELECT * FROM new_rows LIMIT 0")
+            con.execute("BEGIN TRANSACTION")
+            try:
+                con.execute(f"DELETE FROM {table} WHERE run = ?", [run])
+                if not rows.empty:
+                    con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM new_rows")
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+        finally:
+            con.unregister("new_rows")

@@ -1,0 +1,336 @@
+"""Contamination audit: which training documents leak a benchmark's items.
+
+Two independent kinds of evidence per (item, document) pair:
+
+- overlap_score in [0, 1]: the fraction of the item's distinct word n-grams (n = `ngram`, lowercased
+  \\w+ words; shorter items use all their words as one n-gram) that occur in the document. Verbatim
+  copies score 1 wherever they sit inside a longer document; light edits lower it gradually.
+- influence_z: a model-dependent memorisation signal. Each item is a query; for document j the
+  matched-filter statistic m_j = mean of y_{item,k} over j's S subsets (how much steering towards
+  subsets that contain j lowers the item's loss) is regressed on the TF-IDF cosine between item and
+  document, and the residual is robust-standardised over all N documents (median / MAD). A large z
+  means "more influence on this item than its lexical similarity explains". The sparse Lasso score of
+  the document (loss units, as on the Influence page) is reported as influence_score.
+
+combined_score = overlap_score / overlap_threshold + max(influence_z, 0) / z_threshold; a pair is
+flagged (`leaked`) when combined_score >= 1: an exact copy alone, an extreme influence alone, or
+half of each. z_threshold "auto" is the Bonferroni bound for N documents at 5% per item.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import InputError, StrideError
+from .items import Item, read_items
+
+logger = logging.getLogger(__name__)
+
+WORD = re.compile(r"\w+")
+PAIR_COLUMNS = ["item_id", "doc_id", "overlap_score", "influence_score", "influence_z", "combined_score", "leaked",
+                "flag_overlap", "flag_influence", "evidence_kind", "evidence", "item_text"]
+ITEM_COLUMNS = ["item_id", "leaked", "n_flagged", "n_copies", "max_overlap", "max_influence_z", "top_doc_id", "item_loss",
+                "item_text"]
+
+
+@dataclass
+class ContaminationArgs:
+    """Thresholds and sizes of the contamination audit (see the module docstring for the scores)."""
+
+    ngram: int = 8
+    overlap_threshold: float = 0.5
+    z_threshold: float | str = "auto"
+    use_influence: bool = True
+    min_overlap: float = 0.1  # pairs below this overlap (and below half the z threshold) are not reported
+    max_pairs_per_item: int = 20  # reported pairs per item besides the flagged ones
+    batch_docs: int = 2000
+    max_items: int = 10_000
+    device: str = "auto"
+
+    def __post_init__(self):
+        if not 1 <= self.ngram <= 64:
+            raise StrideError("ngram must be in 1..64")
+        if not 0 < self.overlap_threshold <= 1:
+            raise StrideError("overlap_threshold must be in (0, 1]")
+        if not (self.z_threshold == "auto" or (isinstance(self.z_threshold, (int, float)) and self.z_threshold > 0)):
+            raise StrideError("z_threshold must be 'auto' or > 0")
+        if not 0 <= self.min_overlap <= 1 or self.max_pairs_per_item < 0 or self.batch_docs < 1 or self.max_items < 1:
+            raise StrideError("min_overlap must be in [0, 1]; max_pairs_per_item >= 0; batch_docs, max_items >= 1")
+
+    def z_for(self, n_docs: int) -> float:
+        if self.z_threshold != "auto":
+            return float(self.z_threshold)
+        return statistics.NormalDist().inv_cdf(1 - 0.05 / max(2, n_docs))
+
+
+# ------------------------------------------------------------------------------------------ overlap
+
+
+def words(text: str) -> list[tuple[str, int, int]]:
+    return [(m.group().lower(), m.start(), m.end()) for m in WORD.finditer(text)]
+
+
+class NgramIndex:
+    """Word n-grams of all items; scan(text) finds, per item, which of its n-grams a document holds."""
+
+    def __init__(self, texts: list[str], n: int):
+        self.n_of: list[int] = []
+        self.size: list[int] = []
+        self.index: dict[int, list[int]] = {}
+        for q, text in enumerate(texts):
+            toks = [w for w, _, _ in words(text)]
+            nq = max(1, min(n, len(toks)))
+            grams = {hash(tuple(toks[i:i + nq])) for i in range(max(1, len(toks) - nq + 1))} if toks else set()
+            self.n_of.append(nq)
+            self.size.append(len(grams))
+            for g in grams:
+                self.index.setdefault(g, []).append(q)
+        self.ns = sorted(set(self.n_of))
+
+    def scan(self, text: str) -> dict[int, tuple[float, int, int]]:
+        """{item: (containment, char start, char end of the longest run of matched n-grams)}."""
+        ws = words(text)
+        toks = [w for w, _, _ in ws]
+        found: dict[int, dict] = {}
+        for n in self.ns:
+            for i in range(len(toks) - n + 1):
+                g = hash(tuple(toks[i:i + n]))
+                for q in self.index.get(g, ()):
+                    if self.n_of[q] == n:
+                        f = found.setdefault(q, {"grams": set(), "pos": []})
+                        f["grams"].add(g)
+                        f["pos"].append(i)
+        out = {}
+        for q, f in found.items():
+            pos = sorted(set(f["pos"]))
+            # the longest region of matched windows that overlap or touch (gap <= n words)
+            n = self.n_of[q]
+            best, start, prev = (pos[0], pos[0]), pos[0], pos[0]
+            for b in pos[1:] + [None]:
+                if b is None or b - prev > n:
+                    if prev - start > best[1] - best[0]:
+                        best = (start, prev)
+                    start = b
+                prev = b
+            s, e = best
+            last = min(len(ws) - 1, e + self.n_of[q] - 1)
+            out[q] = (len(f["grams"]) / max(1, self.size[q]), ws[s][1], ws[last][2])
+        return out
+
+
+def evidence_span(text: str, start: int, end: int, context: int = 60, limit: int = 600) -> str:
+    a, b = max(0, start - context), min(len(text), end + context)
+    span = text[a:b]
+    if len(span) > limit:
+        span = span[:limit] + " …"
+    return ("… " if a > 0 else "") + " ".join(span.split()) + (" …" if b < len(text) else "")
+
+
+# ------------------------------------------------------------------------------------------ audit
+
+
+def _robust_z(x: np.ndarray) -> np.ndarray:
+    """Row-wise (x - median) / (1.4826 MAD); rows with MAD 0 fall back to the standard deviation, then to 0."""
+    med = np.median(x, axis=1, keepdims=True)
+    mad = 1.4826 * np.median(np.abs(x - med), axis=1, keepdims=True)
+    sd = x.std(axis=1, keepdims=True)
+    scale = np.where(mad > 1e-12, mad, np.where(sd > 1e-12, sd, np.inf))
+    return (x - med) / scale
+
+
+def memorisation_z(y: np.ndarray, members: np.ndarray, lexical: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    """(Q, N) influence z: matched-filter statistic mean_{k in subsets(j)} y_{q,k}, minus its linear fit on
+    lexical similarity (per item), robust-standardised over documents. y (Q, K), members (N, S), lexical (Q, N)."""
+    Q, N = y.shape[0], members.shape[0]
+    m = np.empty((Q, N), dtype=np.float32)
+    for a in range(0, N, chunk):
+        m[:, a:a + chunk] = y[:, members[a:a + chunk]].mean(axis=-1)
+    resid = np.empty_like(m)
+    for q in range(Q):
+        x = lexical[q].astype(np.float64)
+        xc = x - x.mean()
+        b = float(xc @ (m[q] - m[q].mean()) / (xc @ xc)) if xc @ xc > 1e-12 else 0.0
+        resid[q] = m[q] - b * x
+    return _robust_z(resid).astype(np.float32)
+
+
+def _tfidf_similarity(ws, corpus: str, doc_ids: np.ndarray, texts: list[str], batch_docs: int, scan=None, on_batch=None,
+                      shards=None):
+    """(Q, N) TF-IDF cosine between items and documents (hashed features, two streaming passes over the
+    corpus); `scan(doc_id, text)` is called for every document in the second pass."""
+    from sklearn.feature_extraction.text import HashingVectorizer
+    from sklearn.preprocessing import normalize
+
+    from .corpus import iter_documents
+
+    vec = HashingVectorizer(n_features=2 ** 20, alternate_sign=False, norm=None, lowercase=True, token_pattern=r"(?u)\b\w+\b")
+    df = np.zeros(vec.n_features, dtype=np.int64)
+    n = 0
+    for batch in iter_documents(ws, corpus, ["doc_id", "text"], batch_docs, shards=shards):
+        X = vec.transform(batch["text"])
+        X.data[:] = 1
+        df += np.asarray(X.sum(axis=0)).ravel().astype(np.int64)
+        n += len(batch)
+    idf = np.log((1 + n) / (1 + df)) + 1.0
+    Xq = normalize(vec.transform(texts).multiply(idf).tocsr())
+    col = {int(d): i for i, d in enumerate(doc_ids)}
+    sims = np.zeros((len(texts), len(doc_ids)), dtype=np.float32)
+    done = 0
+    for batch in iter_documents(ws, corpus, ["doc_id", "text"], batch_docs, shards=shards):
+        Xd = normalize(vec.transform(batch["text"]).multiply(idf).tocsr())
+        S = (Xq @ Xd.T).toarray()
+        cols = np.array([col.get(int(d), -1) for d in batch["doc_id"]])
+        ok = cols >= 0
+        sims[:, cols[ok]] = S[:, ok]
+        if scan is not None:
+            for d, t in zip(batch["doc_id"], batch["text"]):
+                scan(int(d), t)
+        done += len(batch)
+        if on_batch:
+            on_batch(done / max(1, n))
+    return sims
+
+
+def audit_contamination(ws, run: str, benchmark, args: ContaminationArgs | None = None, out=None, progress: bool = True,
+                        reporter=None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Flag training documents that leak benchmark items. Returns (pairs, items); both are written to
+    runs/<run>/contamination.parquet and contamination_items.parquet, the workspace DuckDB tables
+    `contamination` / `contamination_items`, and OUT (pairs) plus OUT's `<stem>_items` sibling."""
+    from .corpus import corpus_info, load_documents
+    from .pipeline import _atomic_save, load_run, open_run, write_table
+    from .progress import Reporter
+    from .workspace import replace_run_rows
+
+    args = args or ContaminationArgs()
+    if out is not None and Path(out).suffix.lower() not in (".parquet", ".jsonl", ".csv"):
+        raise InputError(f"--out {out}: use a .parquet, .jsonl or .csv file name")
+    items: list[Item] = read_items(benchmark, "benchmark", max_items=args.max_items)
+    rdir, config = load_run(ws, run)  # raises for an unknown or unfinished run before any work
+    info = corpus_info(ws, config.corpus)
+    rep = reporter or Reporter(rdir, run)
+    t0 = time.time()
+    texts = [it.text for it in items]
+
+    # 1. overlap scan (streamed) + lexical similarity --------------------------------------------
+    rep.stage("contamination: overlap", f"{len(items)} items against corpus {config.corpus} ({info['n_docs']} documents)")
+    index = NgramIndex(texts, args.ngram)
+    hits: dict[tuple[int, int], tuple[float, str]] = {}
+    evid_text: dict[int, str] = {}
+
+    def scan(doc_id: int, text: str):
+        for q, (c, a, b) in index.scan(text).items():
+            if c >= args.min_overlap:
+                hits[(q, doc_id)] = (c, evidence_span(text, a, b))
+
+    if args.use_influence:
+        opened = open_run(ws, run, _attr_args(args))
+        doc_ids = opened.doc_ids
+        lexical = _tfidf_similarity(ws, config.corpus, doc_ids, texts, args.batch_docs, scan, lambda f: rep.update(0.4 * f),
+                                    shards=config.shards)
+        rep.stage("contamination: influence", f"{len(items)} items as queries")
+        W, y, base = opened.influence(opened.encode(texts, [it.item_id for it in items]))  # (Q, N), (Q, K), (Q,)
+        Z = memorisation_z(y, opened.design.members, lexical)  # (Q, N)
+        z_thr = args.z_for(len(doc_ids))
+    else:
+        from .corpus import iter_documents
+
+        n_seen = 0
+        for batch in iter_documents(ws, config.corpus, ["doc_id", "text"], args.batch_docs, shards=config.shards):
+            for d, t in zip(batch["doc_id"], batch["text"]):
+                scan(int(d), t)
+            n_seen += len(batch)
+            rep.update(0.8 * n_seen / max(1, info["n_docs"]))
+        doc_ids = np.array(sorted({d for _, d in hits}), dtype=np.int64)
+        W = Z = np.zeros((len(items), len(doc_ids)), dtype=np.float32)
+        base = np.full(len(items), np.nan, dtype=np.float32)
+        z_thr = float("inf")
+    col = {int(d): i for i, d in enumerate(doc_ids)}
+
+    # 2. pairs --------------------------------------------------------------------------------------
+    rep.update(0.9, "combining evidence")
+    rows = []
+    for q, it in enumerate(items):
+        cand = {d for (qq, d) in hits if qq == q and d in col}
+        if args.use_influence:
+            cand |= {int(doc_ids[j]) for j in np.flatnonzero(Z[q] >= z_thr / 2)}
+        scored = []
+        for d in cand:
+            j = col[d]
+            ov = hits.get((q, d), (0.0, ""))[0]
+            z = float(Z[q, j])
+            comb = ov / args.overlap_threshold + (max(z, 0.0) / z_thr if args.use_influence else 0.0)
+            scored.append((comb, d, j, ov, z))
+        scored.sort(key=lambda r: (-r[0], r[1]))
+        keep = [r for r in scored if r[0] >= 1.0] + [r for r in scored if r[0] < 1.0][: args.max_pairs_per_item]
+        for comb, d, j, ov, z in keep:
+            f_ov, f_inf = ov >= args.overlap_threshold, args.use_influence and z >= z_thr
+            kind = "+".join(k for k, on in (("overlap", ov > 0), ("influence", args.use_influence and z >= z_thr / 2)) if on) or "none"
+            ev = hits.get((q, d), (0.0, ""))[1]
+            rows.append({"item_id": it.item_id, "doc_id": d, "overlap_score": ov, "influence_score": float(W[q, j]),
+                         "influence_z": z, "combined_score": comb, "leaked": comb >= 1.0, "flag_overlap": bool(f_ov),
+                         "flag_influence": bool(f_inf), "evidence_kind": kind, "evidence": ev,
+                         "item_text": _snippet(it.text)})
+    pairs = pd.DataFrame(rows, columns=PAIR_COLUMNS)
+    need_text = sorted({int(d) for d, e in zip(pairs["doc_id"], pairs["evidence"]) if not e})
+    meta_cols = info["metadata_columns"]
+    if len(pairs):
+        docs = load_documents(ws, config.corpus, columns=["doc_id", "text", *meta_cols], doc_ids=sorted(set(pairs["doc_id"])))
+        starts = {int(d): "(no shared n-gram) document begins: " + _snippet(t) for d, t in zip(docs["doc_id"], docs["text"]) if int(d) in need_text}
+        pairs["evidence"] = [e or starts.get(int(d), "") for d, e in zip(pairs["doc_id"], pairs["evidence"])]
+        pairs = pairs.merge(docs.drop(columns=["text"]), on="doc_id", how="left")
+    else:
+        for c in meta_cols:
+            pairs[c] = pd.Series(dtype=str)
+    pairs = pairs[PAIR_COLUMNS[:2] + meta_cols + PAIR_COLUMNS[2:]]
+    pairs = pairs.sort_values(["item_id", "combined_score"], ascending=[True, False], kind="stable").reset_index(drop=True)
+    summary = _item_summary(items, pairs, base)
+
+    # 3. persist (atomic files, one DuckDB transaction per table) ------------------------------------
+    _atomic_save(lambda p: pairs.to_parquet(p, index=False), rdir / "contamination.parquet")
+    _atomic_save(lambda p: summary.to_parquet(p, index=False), rdir / "contamination_items.parquet")
+    (rdir / "contamination_args.json").write_text(pd.Series({**asdict(args), "benchmark": str(benchmark),
+                                                               "z_threshold_used": z_thr}).to_json(indent=1))
+    replace_run_rows(ws, "contamination", run, pairs, [c for c in pairs.columns if c not in meta_cols])
+    replace_run_rows(ws, "contamination_items", run, summary, ITEM_COLUMNS)
+    if out is not None:
+        out = Path(out)
+        write_table(pairs, out)
+        write_table(summary, out.with_name(out.stem + "_items" + out.suffix))
+    n_leaked = int(summary["leaked"].sum())
+    rep.stage("contamination done", f"{n_leaked} of {len(items)} items flagged as leaked ({time.time() - t0:.0f}s)")
+    if reporter is None:
+        rep.finish("done")
+    logger.info("contamination audit: %d of %d items leaked, %d flagged pairs", n_leaked, len(items), int(pairs["leaked"].sum()))
+    return pairs, summary
+
+
+def _attr_args(args: ContaminationArgs):
+    from .arguments import AttributeArgs
+
+    return AttributeArgs(device=args.device)
+
+
+def _snippet(text: str, n: int = 200) -> str:
+    t = " ".join(text.split())
+    return t if len(t) <= n else t[:n] + " …"
+
+
+def _item_summary(items: list[Item], pairs: pd.DataFrame, base: np.ndarray) -> pd.DataFrame:
+    rows = []
+    for q, it in enumerate(items):
+        p = pairs[pairs["item_id"] == it.item_id]
+        flagged = p[p["leaked"]]
+        rows.append({"item_id": it.item_id, "leaked": bool(len(flagged)), "n_flagged": int(len(flagged)),
+                     "n_copies": int(p["flag_overlap"].sum()), "max_overlap": float(p["overlap_score"].max()) if len(p) else 0.0,
+                     "max_influence_z": float(p["influence_z"].max()) if len(p) else 0.0,
+                     "top_doc_id": int(p["doc_id"].iloc[0]) if len(p) else None, "item_loss": float(base[q]),
+                     "item_text": _snippet(it.text)})
+    return pd.DataFrame(rows, columns=ITEM_COLUMNS)
