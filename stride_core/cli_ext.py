@@ -1,6 +1,9 @@
 """Registry of subcommands defined outside cli.py: each entry is register(subparsers, common_parent)."""
 
 REGISTRATIONS: list = []
+# `stride bench ACTION` subcommands besides `lds`: register(bench_subparsers, common_parent), called by
+# bench.harness.register. Append from the module that defines the action.
+BENCH_REGISTRATIONS: list = []
 
 from .app_cli import register as _register_app  # noqa: E402  `stride app`: the dashboard
 

@@ -329,3 +329,7 @@ def register(subparsers, common_parent):
                    help="retrain the first N masks with fresh seeds to measure ground-truth reproducibility")
     x.add_argument("--out", required=True, help="output folder for results.json")
     x.set_defaults(func=cmd_bench_lds)
+    from ..cli_ext import BENCH_REGISTRATIONS
+
+    for register_bench in BENCH_REGISTRATIONS:  # other `stride bench ACTION`s: register(bench_subparsers, common_parent)
+        register_bench(sb, common_parent)
