@@ -113,55 +113,82 @@ def build_cache(
 
     `lengths[i]` is the number of token rows item i produces (known before the forward pass, so the
     memmaps are preallocated). Resumes from the done mask when `root` holds a compatible partial cache.
+    `items` only needs `__getitem__` and `len` (e.g. a lazy view of a token store).
+    One process: prepare_cache + fill_cache over every document + finish_cache; several processes
+    (stride_core.distributed) call the three steps themselves, each filling its own documents.
     """
+    if prepare_cache(root, task, items, lengths, doc_ids, dtype):
+        return FeatureCache.open(root)
+    fill_cache(root, task, items, batch_size=batch_size, progress=progress, on_progress=on_progress)
+    return finish_cache(root)
+
+
+def prepare_cache(root: Path, task, items: Sequence, lengths: Sequence[int], doc_ids: Sequence[int],
+                  dtype: str = "float16") -> bool:
+    """Create (or validate for resuming) the cache files under `root`; True when the cache is already
+    finished. Only one process may call this for a given root (the others wait for it)."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     N = len(items)
     lengths = np.asarray(lengths, dtype=np.int64)
     if N == 0:
         raise StrideError("no documents to cache")
+    if len(lengths) != N or len(doc_ids) != N:
+        raise StrideError(f"{N} items but {len(lengths)} lengths and {len(doc_ids)} document ids")
     if (lengths <= 0).any():
         bad = np.asarray(doc_ids)[lengths <= 0][:5].tolist()
         raise StrideError(f"documents {bad} have no tokens")
+    if dtype not in _DTYPES:
+        raise StrideError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     T = int(offsets[-1])
     meta = {"n_docs": N, "n_tokens": T, "D": int(task.hidden_dim if hasattr(task, "hidden_dim") else 0),
             "C": int(task.out_dim), "dtype": dtype, "layer": task.layer, "finished": False}
     dt = _DTYPES[dtype]
     meta_path = root / "meta.json"
-    resume = False
     if meta_path.exists():
         old = json.loads(meta_path.read_text())
         same = (old.get("n_docs"), old.get("n_tokens"), old.get("layer"), old.get("dtype")) == (N, T, task.layer, dtype)
         if same and np.array_equal(np.load(root / "doc_ids.npy"), np.asarray(doc_ids)):
-            if old.get("finished"):
-                return FeatureCache.open(root)
-            resume, meta["D"] = True, old["D"]
-    if not resume:
-        # Probe D from one item so the memmaps can be sized.
-        probe = task.features([items[0]])[0]
-        meta["D"] = int(probe["h"].shape[1])
-        meta["C"] = int(probe["z"].shape[1])
-        np.save(root / "doc_ids.npy", np.asarray(doc_ids, dtype=np.int64))
-        np.save(root / "offsets.npy", offsets)
-        for name, shape, d in (("h.bin", (T, meta["D"]), dt), ("z.bin", (T, meta["C"]), dt)):
-            np.memmap(root / name, dtype=d, mode="w+", shape=shape).flush()
-        np.save(root / "target.npy", np.zeros(T, dtype=np.int64))
-        np.save(root / "weight.npy", np.zeros(T, dtype=np.float32))
-        np.memmap(root / "done.bin", dtype=np.uint8, mode="w+", shape=(N,)).flush()
-        meta_path.write_text(json.dumps(meta))
+            return bool(old.get("finished"))
+    # Probe D from one item so the memmaps can be sized.
+    probe = task.features([items[0]])[0]
+    meta["D"] = int(probe["h"].shape[1])
+    meta["C"] = int(probe["z"].shape[1])
+    np.save(root / "doc_ids.npy", np.asarray(doc_ids, dtype=np.int64))
+    np.save(root / "offsets.npy", offsets)
+    for name, shape, d in (("h.bin", (T, meta["D"]), dt), ("z.bin", (T, meta["C"]), dt)):
+        np.memmap(root / name, dtype=d, mode="w+", shape=shape).flush()
+    np.save(root / "target.npy", np.zeros(T, dtype=np.int64))
+    np.save(root / "weight.npy", np.zeros(T, dtype=np.float32))
+    np.memmap(root / "done.bin", dtype=np.uint8, mode="w+", shape=(N,)).flush()
+    meta_path.write_text(json.dumps(meta))
+    return False
+
+
+def fill_cache(root: Path, task, items: Sequence, docs: np.ndarray | None = None, batch_size: int = 16,
+               progress: bool = True, on_progress: Callable[[float], None] | None = None) -> int:
+    """Forward the not-yet-done documents among `docs` (indices into items; None = all) and write their
+    token rows into the prepared memmaps. Processes given disjoint `docs` write disjoint rows, so they
+    can fill one cache at the same time. Returns the number of documents computed."""
+    root = Path(root)
+    meta = json.loads((root / "meta.json").read_text())
+    N, T, dt = meta["n_docs"], meta["n_tokens"], _DTYPES[meta["dtype"]]
+    offsets = np.load(root / "offsets.npy")
+    lengths = np.diff(offsets)
+    ids_arr = np.load(root / "doc_ids.npy")
     h = np.memmap(root / "h.bin", dtype=dt, mode="r+", shape=(T, meta["D"]))
     z = np.memmap(root / "z.bin", dtype=dt, mode="r+", shape=(T, meta["C"]))
     target = np.load(root / "target.npy", mmap_mode="r+")
     weight = np.load(root / "weight.npy", mmap_mode="r+")
     done = np.memmap(root / "done.bin", dtype=np.uint8, mode="r+", shape=(N,))
-    todo = np.flatnonzero(done == 0)
+    mine = np.arange(N) if docs is None else np.asarray(docs, dtype=np.int64)
+    todo = mine[done[mine] == 0]
     # Sort remaining documents by length so padded batches waste little compute.
     todo = todo[np.argsort(lengths[todo], kind="stable")]
-    if resume:
-        logger.info("resuming activation cache: %d of %d documents left", len(todo), N)
+    if len(todo) < len(mine):
+        logger.info("resuming activation cache: %d of %d documents left", len(todo), len(mine))
     bar = tqdm(total=len(todo), desc="cache activations", disable=not progress, mininterval=1.0)
-    ids_arr = np.asarray(doc_ids)
     for start in range(0, len(todo), batch_size):
         chunk = todo[start:start + batch_size]
         feats = task.features([items[i] for i in chunk])
@@ -182,6 +209,19 @@ def build_cache(
         if on_progress:
             on_progress(float((done == 1).mean()))
     bar.close()
+    return len(todo)
+
+
+def finish_cache(root: Path) -> FeatureCache:
+    """Mark a filled cache finished (raises when a document is still missing) and open it."""
+    root = Path(root)
+    meta_path = root / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    done = np.memmap(root / "done.bin", dtype=np.uint8, mode="r", shape=(meta["n_docs"],))
+    missing = np.flatnonzero(done == 0)
+    if len(missing):
+        ids = np.load(root / "doc_ids.npy")[missing[:5]].tolist()
+        raise RunError(f"the activation cache in {root} is missing {len(missing)} documents (e.g. {ids}); re-run to resume it")
     meta["finished"] = True
     meta_path.write_text(json.dumps(meta))
     return FeatureCache.open(root)

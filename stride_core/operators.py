@@ -112,12 +112,20 @@ def _kl(base_logits, steered_logits):
 
 
 def train_operators(cache, design, head, args: OperatorArgs, device: str = "cpu", progress: bool = True,
-                    on_progress=None) -> tuple[SteeringOperators, list[dict]]:
-    """Fit the basis and all K steering matrices. Returns the operators (eval mode) and a loss trace."""
+                    on_progress=None, part=None) -> tuple[SteeringOperators, list[dict]]:
+    """Fit the basis and all K steering matrices. Returns the operators (eval mode) and a loss trace.
+
+    `part` (optional) makes a step data-parallel across processes (stride_core.distributed.DataParallel):
+    every process draws the same global sample (same seeded generator), computes the loss terms of its
+    share of it (`part.share(n) -> (lo, hi)`, summed and divided by the global sample size), and
+    `part.reduce(ops, terms)` sums the gradients and the logged terms over processes, so the identical
+    optimizer step everywhere equals the one-process step up to float summation order."""
     torch.manual_seed(args.seed)
     dev = torch.device(device)
     D, C = cache.h.shape[1], cache.z.shape[1]
     ops = SteeringOperators(D, C, design.K, args.R).to(dev)
+    if part is not None:
+        part.broadcast(ops)
     opt = torch.optim.Adam(ops.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     sampler = _TokenSampler(cache, design, args.seed)
     rows = _Rows(cache, dev)
@@ -128,45 +136,72 @@ def train_operators(cache, design, head, args: OperatorArgs, device: str = "cpu"
     trace: list[dict] = []
     bar = tqdm(range(args.steps), desc="train operators", disable=not progress, mininterval=1.0)
     t0 = time.time()
+
+    def share(n: int) -> slice:  # this process's rows of a global sample of n
+        return slice(0, n) if part is None else slice(*part.share(n))
+
+    def reduce(per_item: torch.Tensor, n_total: int) -> torch.Tensor:
+        # one process: the mean exactly as before; data-parallel: this share's part of the global mean
+        return per_item.mean() if part is None else per_item.sum() / n_total
+
     for step in bar:
         s = (step * Kb) % design.K
         k = perm[s:s + Kb]
         if len(k) < Kb:
             k = torch.cat([k, perm[: Kb - len(k)]])
         k_dev = k.to(dev)
-        terms = {}
+        mine = share(len(k))
+        terms_t: dict[str, torch.Tensor] = {}
         loss = torch.zeros((), device=dev)
         with amp:
             if args.fidelity_weight > 0:
-                h, z, t = rows.get(sampler.members(k, args.tokens_per_subset))  # (Kb, P, D/C)
-                logits = head(z + ops.delta(h, k_dev)) / args.temperature
-                fid = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), t.reshape(-1))
-                loss = loss + args.fidelity_weight * fid
-                terms["fidelity"] = fid.item()
+                idx = sampler.members(k, args.tokens_per_subset)  # (Kb, P), the same on every process
+                if mine.stop > mine.start:
+                    h, z, t = rows.get(idx[mine])  # (kb, P, D/C)
+                    logits = head(z + ops.delta(h, k_dev[mine])) / args.temperature
+                    flat, tt = logits.float().reshape(-1, logits.size(-1)), t.reshape(-1)
+                    fid = F.cross_entropy(flat, tt) if part is None else F.cross_entropy(flat, tt, reduction="sum") / idx.numel()
+                    loss = loss + args.fidelity_weight * fid
+                    terms_t["fidelity"] = fid.detach()
+                else:
+                    terms_t["fidelity"] = torch.zeros((), device=dev)
             if args.stability_weight > 0 and args.stability_tokens > 0:
-                h, z, _ = rows.get(sampler.anywhere((len(k), args.stability_tokens)))
-                with torch.no_grad():
-                    base = head(z) / args.temperature
-                stab = _kl(base, head(z + ops.delta(h, k_dev)) / args.temperature).mean()
-                loss = loss + args.stability_weight * stab
-                terms["stability"] = stab.item()
+                idx = sampler.anywhere((len(k), args.stability_tokens))
+                if mine.stop > mine.start:
+                    h, z, _ = rows.get(idx[mine])
+                    with torch.no_grad():
+                        base = head(z) / args.temperature
+                    stab = reduce(_kl(base, head(z + ops.delta(h, k_dev[mine])) / args.temperature), idx.numel())
+                    loss = loss + args.stability_weight * stab
+                    terms_t["stability"] = stab.detach()
+                else:
+                    terms_t["stability"] = torch.zeros((), device=dev)
             if IminusP is not None:
-                h, z, t = rows.get(sampler.anywhere((args.linearity_batch,)))  # (B, D)
-                all_k = torch.arange(design.K, device=dev)
-                with torch.no_grad():
-                    base_loss = F.cross_entropy(head(z).float(), t, reduction="none")  # (B,)
-                steered = head(z[None] + ops.delta_all(h, all_k)).float()  # (K, B, V)
-                st_loss = F.cross_entropy(steered.reshape(-1, steered.size(-1)), t.repeat(design.K), reduction="none").view(design.K, -1)
-                y = (base_loss[None] - st_loss).T  # (B, K)
-                y = y - y.mean(dim=1, keepdim=True)
-                res = (y @ IminusP.T).pow(2).sum(1) / (y.pow(2).sum(1) + 1e-8)
-                lin = res.mean()
-                loss = loss + args.linearity_weight * lin
-                terms["linearity"] = lin.item()
+                idx = sampler.anywhere((args.linearity_batch,))  # (B,)
+                rows_b = share(len(idx))
+                if rows_b.stop > rows_b.start:
+                    h, z, t = rows.get(idx[rows_b])  # (b, D)
+                    all_k = torch.arange(design.K, device=dev)
+                    with torch.no_grad():
+                        base_loss = F.cross_entropy(head(z).float(), t, reduction="none")  # (b,)
+                    steered = head(z[None] + ops.delta_all(h, all_k)).float()  # (K, b, V)
+                    st_loss = F.cross_entropy(steered.reshape(-1, steered.size(-1)), t.repeat(design.K), reduction="none").view(design.K, -1)
+                    y = (base_loss[None] - st_loss).T  # (b, K)
+                    y = y - y.mean(dim=1, keepdim=True)
+                    res = (y @ IminusP.T).pow(2).sum(1) / (y.pow(2).sum(1) + 1e-8)
+                    lin = reduce(res, len(idx))
+                    loss = loss + args.linearity_weight * lin
+                    terms_t["linearity"] = lin.detach()
+                else:
+                    terms_t["linearity"] = torch.zeros((), device=dev)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        if loss.requires_grad:
+            loss.backward()
+        terms_t["total"] = loss.detach()
+        if part is not None:
+            terms_t = part.reduce(ops, terms_t)  # gradients and terms summed over processes
         opt.step()
-        terms["total"] = loss.item()
+        terms = {n: v.item() for n, v in terms_t.items()}
         trace.append(terms)
         if step % 10 == 0 or step == args.steps - 1:
             bar.set_postfix({n: f"{v:.4f}" for n, v in terms.items()})

@@ -101,11 +101,39 @@ def _load_task(config: IndexConfig, device: str):
     return CausalLMTask(model, tok, layer=config.cache.layer, max_tokens=config.cache.max_tokens)
 
 
+def check_documents(config: IndexConfig, doc_ids: np.ndarray):
+    """The corpus selection must hold documents, and at least K of them."""
+    if len(doc_ids) == 0:
+        raise RunError(f"corpus {config.corpus!r} has no documents in shards {config.shards}")
+    if config.subsets.K > len(doc_ids):
+        raise StrideError(f"K={config.subsets.K} subsets is larger than the {len(doc_ids)} documents: lower K (e.g. --K {max(2, len(doc_ids) // 4)})")
+
+
+def check_tokens(tokens) -> None:
+    empty = tokens.doc_ids[tokens.lengths == 0]
+    if len(empty):
+        raise StrideError(f"documents {[int(d) for d in empty[:5]]} tokenize to nothing")
+
+
+def prepare_tokens(ws, rdir: Path, config: IndexConfig, tokenizer, progress: bool = True):
+    """The run's token store (runs/<run>/tokens, stride_core.tokens), built or resumed, checked."""
+    from .tokens import TokenizeArgs, begin_tokens, finish_tokens, tokenize_part
+
+    targs = TokenizeArgs(max_tokens=config.cache.max_tokens)
+    meta, doc_ids = begin_tokens(ws, config.corpus, config.shards, rdir / "tokens", targs)
+    check_documents(config, doc_ids)
+    if not meta.get("finished"):
+        tokenize_part(ws, config.corpus, config.shards, rdir / "tokens", tokenizer, targs, progress=progress)
+    tokens = finish_tokens(rdir / "tokens")
+    check_tokens(tokens)
+    return tokens
+
+
 def index(ws, run: str, config: IndexConfig, device: str = "auto", overwrite: bool = False, progress: bool = True,
           reporter: Reporter | None = None) -> Path:
     """Cache activations, design subsets, train operators. Returns the run folder."""
     from .activations import build_cache
-    from .corpus import corpus_info, load_documents
+    from .corpus import corpus_info
     from .estimator import StrideEstimator
     from .models import check_model_dir, resolve_device
     from .subsets import SubsetDesign
@@ -132,19 +160,11 @@ def index(ws, run: str, config: IndexConfig, device: str = "auto", overwrite: bo
     rep.stage("load model", f"{config.model} on {dev}")
     task = _load_task(config, dev)
     rep.stage("cache activations", f"corpus {config.corpus} ({info['n_docs']} documents)")
-    docs = load_documents(ws, config.corpus, columns=["doc_id", "text"], shards=config.shards)
-    if len(docs) == 0:
-        raise RunError(f"corpus {config.corpus!r} has no documents in shards {config.shards}")
-    if config.subsets.K > len(docs):
-        raise StrideError(f"K={config.subsets.K} subsets is larger than the {len(docs)} documents: lower K (e.g. --K {max(2, len(docs) // 4)})")
-    enc = task.tokenizer(docs["text"].tolist(), add_special_tokens=False)["input_ids"]
-    items = [(ids[: config.cache.max_tokens], 0) for ids in enc]
-    lengths = [len(ids) for ids, _ in items]
-    empty = [int(d) for d, n in zip(docs["doc_id"], lengths) if n == 0]
-    if empty:
-        raise StrideError(f"documents {empty[:5]} tokenize to nothing")
+    # Documents are streamed from DuckDB in chunks and tokenized once into an on-disk token store, so
+    # host memory does not grow with the corpus text; the cache reads each batch's ids from it.
+    tokens = prepare_tokens(ws, rdir, config, task.tokenizer, progress=progress)
     t0 = time.time()
-    cache = build_cache(rdir / "cache", task, items, lengths, docs["doc_id"].to_numpy(), config.cache.batch_size,
+    cache = build_cache(rdir / "cache", task, tokens.items(), tokens.lengths, tokens.doc_ids, config.cache.batch_size,
                         config.cache.dtype, progress, on_progress=lambda f: rep.update(f))
     logger.info("activation cache: %d documents, %d tokens in %.1fs", cache.n_docs, cache.n_tokens, time.time() - t0)
 

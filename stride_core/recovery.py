@@ -64,22 +64,36 @@ class _Operator:
 
 def fista(op: _Operator, y: torch.Tensor, lam: torch.Tensor, max_iter: int = 500, tol: float = 1e-6,
           positive: bool = False, L: float | None = None, w0: torch.Tensor | None = None) -> torch.Tensor:
-    """Batched FISTA. y (Q, K) centred; lam (Q,) -> w (Q, N)."""
+    """Batched FISTA. y (Q, K) centred; lam (Q,) -> w (Q, N).
+
+    Convergence is judged per query (every 10 iterations: the largest change of w_x at most tol times
+    the largest |w_x|) and a converged query is frozen and leaves the batch, so a query's solution does
+    not depend on which other queries share the call (sharding queries across processes or batches
+    gives the same answers)."""
     L = L or op.lipschitz()
     Q = y.shape[0]
     w = torch.zeros(Q, op.N, device=y.device, dtype=y.dtype) if w0 is None else w0.clone()
-    v, t = w.clone(), 1.0
+    idx = torch.arange(Q, device=y.device)  # queries still iterating
+    wa, va, ya = w, w.clone(), y
     thr = (lam / L).unsqueeze(1)
+    t = 1.0
     for it in range(max_iter):
-        grad = op.rmv(op.mv(v) - y)
-        u = v - grad / L
+        grad = op.rmv(op.mv(va) - ya)
+        u = va - grad / L
         w_new = torch.clamp(u - thr, min=0) if positive else torch.sign(u) * torch.clamp(u.abs() - thr, min=0)
         t_new = (1 + (1 + 4 * t * t) ** 0.5) / 2
-        v = w_new + ((t - 1) / t_new) * (w_new - w)
-        delta = (w_new - w).abs().max()
-        w, t = w_new, t_new
-        if it % 10 == 0 and float(delta) <= tol * (float(w.abs().max()) + 1e-12):
-            break
+        va = w_new + ((t - 1) / t_new) * (w_new - wa)
+        delta = (w_new - wa).abs().amax(dim=1) if it % 10 == 0 else None
+        wa, t = w_new, t_new
+        if delta is not None:
+            done = delta <= tol * (wa.abs().amax(dim=1) + 1e-12)
+            if bool(done.any()):
+                w[idx[done]] = wa[done]
+                keep = ~done
+                if not bool(keep.any()):
+                    return w
+                idx, wa, va, ya, thr = idx[keep], wa[keep], va[keep], ya[keep], thr[keep]
+    w[idx] = wa
     return w
 
 
@@ -138,7 +152,28 @@ class LassoRecovery:
         self.alpha_ratio_ = ratio
         return self
 
+    def validation_errors(self, M, y) -> dict[float, float]:
+        """Held-out squared error of each ratio in `ratios`, summed over the queries of y (Q, K).
+
+        Sums over disjoint query shards add up to the error of all queries, so shards (processes or
+        batches) can agree on one ratio (`best_ratio` of the summed errors) and fit with alpha_ratio."""
+        dev = torch.device(self.device)
+        y = torch.as_tensor(np.asarray(y, dtype=np.float32) if not isinstance(y, torch.Tensor) else y, device=dev).float()
+        return self._validation_errors(_as_sparse(M, dev), y[None] if y.dim() == 1 else y)
+
+    @staticmethod
+    def best_ratio(errs: dict[float, float]) -> float:
+        """The ratio with the lowest summed held-out error (ties: the largest ratio, i.e. the sparsest fit)."""
+        return min(sorted(errs, reverse=True), key=lambda r: errs[r])
+
     def _select_ratio(self, Ms, y) -> float:
+        errs = self._validation_errors(Ms, y)
+        best = self.best_ratio(errs)
+        logger.debug("lambda ratio validation errors: %s -> %s", errs, best)
+        self.validation_errors_ = errs
+        return best
+
+    def _validation_errors(self, Ms, y) -> dict[float, float]:
         K = Ms.shape[0]
         g = np.random.default_rng(self.seed)
         perm = g.permutation(K)
@@ -152,20 +187,15 @@ class LassoRecovery:
         ytc = ytr - ytr_mean
         lam_max = self._lam_max(op, ytc)
         L = op.lipschitz()
-        best, best_err, w = None, None, None
+        w = None
         errs = {}
         for r in sorted(self.ratios, reverse=True):  # warm start from sparse to dense
             w = fista(op, ytc, r * lam_max, self.max_iter, self.tol, self.positive, L, w0=w)
             # intercept of the training fit: mean residual over the training subsets
             b = ytr_mean.squeeze(1) - torch.sparse.mm(op.M, w.t()).t().mean(dim=1)
             pred = torch.sparse.mm(Mval, w.t()).t() + b[:, None]
-            err = float(((pred - y[:, val_t]) ** 2).sum())
-            errs[r] = err
-            if best_err is None or err < best_err:
-                best, best_err = r, err
-        logger.debug("lambda ratio validation errors: %s -> %s", errs, best)
-        self.validation_errors_ = errs
-        return best
+            errs[r] = float(((pred - y[:, val_t]) ** 2).sum())
+        return errs
 
     def predict(self, M) -> np.ndarray:
         Ms = _as_sparse(M, torch.device("cpu"))
