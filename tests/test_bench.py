@@ -121,14 +121,21 @@ def test_ground_truth_cache_prefix_extend_and_key(tmp_path, monkeypatch):
 # ------------------------------------------------------------------------------------- harness
 
 
-def test_digits_harness_end_to_end(tmp_path):
+def test_digits_harness_end_to_end(tmp_path, monkeypatch):
+    from stride_core.bench import harness
     from stride_core.bench.harness import METHODS, run_lds_bench
 
     def oracle_free_custom(ctx):
         return np.zeros((ctx.n_query, ctx.n_train)), {"fit_seconds": 0.0, "query_seconds": 0.0}
 
+    def never_called(ctx):
+        raise AssertionError("a peer whose package is missing must not run")
+
+    # a registered peer whose package is not importable is skipped as "not installed"
+    monkeypatch.setitem(harness.METHODS, "fakepeer", never_called)
+    monkeypatch.setitem(harness.PEERS, "fakepeer", "stride_no_such_package_xyz")
     res = run_lds_bench("digits-mlp", tmp_path / "out", models=4, queries=5,
-                        methods="random,generic,tfidf,repsim,graddot,custom,kronfluence", device="cpu",
+                        methods="random,generic,tfidf,repsim,graddot,custom,fakepeer", device="cpu",
                         extra_methods={"custom": oracle_free_custom}, cache_dir=tmp_path / "cache",
                         progress=False, setting_overrides={"epochs": 5}, print_table=False)
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
@@ -141,8 +148,8 @@ def test_digits_harness_end_to_end(tmp_path):
         assert keys <= set(r) and r["n_models"] == 4 and r["n_queries"] == 5 and r["device"] == "cpu"
         assert all(np.isfinite(r[k]) for k in ("lds_mean", "qs_lds_mean", "peak_host_mb"))
     assert rows["custom"]["lds_mean"] == 0.0  # constant predictions count as 0
-    assert [s["method"] for s in saved["skipped"]] == ["kronfluence"]
-    assert "not installed" in saved["skipped"][0]["reason"] or "adapter" in saved["skipped"][0]["reason"]
+    assert [s["method"] for s in saved["skipped"]] == ["fakepeer"]
+    assert "not installed" in saved["skipped"][0]["reason"]
     assert saved["base_model"]["train_acc"] > 0.5 and len(saved["per_query"]["tfidf"]["lds"]) == 5
     assert "custom" not in METHODS  # extra_methods do not leak into the registry
     again = run_lds_bench("digits-mlp", tmp_path / "out2", models=4, queries=5, methods=["random"], device="cpu",

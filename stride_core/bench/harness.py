@@ -21,6 +21,7 @@ allocated CUDA memory during the method (0 on CPU).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -34,6 +35,8 @@ import numpy as np
 
 from ..errors import StrideError
 from .baselines import BASELINES
+from .peers import PEER_PACKAGES, PeerUnavailable
+from .peers import register_all as register_peers
 from .stride_method import register_all as register_stride
 from .lds import lds, lds_summary, query_specific_lds
 
@@ -42,8 +45,11 @@ logger = logging.getLogger(__name__)
 METHODS: dict[str, Callable] = dict(BASELINES)
 register_stride(METHODS)  # "stride" and its ablation variants (stride_method.VARIANTS)
 DEFAULT_METHODS = ["random", "generic", "tfidf", "repsim", "graddot"]
-# Peer libraries: run only when importable *and* an adapter is registered in METHODS.
-PEERS = {"kronfluence": "kronfluence", "dattri": "dattri"}
+# Peer libraries (peers.py): method name -> the package it needs. A peer whose package is not
+# importable is recorded in `skipped` ("not installed"); one that raises PeerUnavailable on a setting
+# is recorded with its reason.
+PEERS = dict(PEER_PACKAGES)
+register_peers(METHODS)
 
 
 def register_method(name: str, fn: Callable) -> None:
@@ -218,17 +224,23 @@ def run_lds_bench(setting_name: str, out_dir, models: int | None = None, queries
     rows, skipped, per_query = [], [], {}
     peers_to_check = [m for m in wanted if m in PEERS and m not in registry]
     for m in peers_to_check:
-        import importlib.util
-
         if importlib.util.find_spec(PEERS[m]) is None:
             skipped.append({"method": m, "reason": f"not installed (the {PEERS[m]!r} package is not importable)"})
         else:
             skipped.append({"method": m, "reason": "installed, but no adapter is registered in METHODS"})
     for m in [m for m in wanted if m in registry]:
+        if m in PEERS and importlib.util.find_spec(PEERS[m]) is None:
+            skipped.append({"method": m, "reason": f"not installed (the {PEERS[m]!r} package is not importable; "
+                                                   "install the `bench` extra)"})
+            continue
         logger.info("running %s on %s", m, setting.name)
         try:
             with torch_threads(threads):
                 row = run_method(m, registry[m], ctx, gt)
+        except PeerUnavailable as exc:
+            logger.warning("method %s cannot run on %s: %s", m, setting.name, exc)
+            skipped.append({"method": m, "reason": f"cannot run on {setting.name}: {exc}"})
+            continue
         except Exception as exc:
             logger.exception("method %s failed", m)
             skipped.append({"method": m, "reason": f"failed: {type(exc).__name__}: {exc}"})
