@@ -129,16 +129,13 @@ def prepare_tokens(ws, rdir: Path, config: IndexConfig, tokenizer, progress: boo
     return tokens
 
 
-def index(ws, run: str, config: IndexConfig, device: str = "auto", overwrite: bool = False, progress: bool = True,
-          reporter: Reporter | None = None) -> Path:
-    """Cache activations, design subsets, train operators. Returns the run folder."""
-    from .activations import build_cache
+def begin_run(ws, run: str, config: IndexConfig, dev: str, overwrite: bool = False) -> tuple[Path, dict]:
+    """Check the corpus and model, then create the run folder (args.json, provenance.json), or accept an
+    existing one with the same arguments (raises RunError on different ones unless overwrite).
+    Returns (run folder, corpus info)."""
     from .corpus import corpus_info
-    from .estimator import StrideEstimator
-    from .models import check_model_dir, resolve_device
-    from .subsets import SubsetDesign
+    from .models import check_model_dir
 
-    dev = resolve_device(device)
     ws.ensure()
     rdir = ws.run_dir(run)
     info = corpus_info(ws, config.corpus)  # raises on unknown corpus
@@ -154,6 +151,30 @@ def index(ws, run: str, config: IndexConfig, device: str = "auto", overwrite: bo
     rdir.mkdir(parents=True, exist_ok=True)
     args_path.write_text(json.dumps({"run": run, "index": config.to_dict()}, indent=1))
     (rdir / "provenance.json").write_text(json.dumps(provenance(dev), indent=1))
+    return rdir, info
+
+
+def ensure_design(rdir: Path, config: IndexConfig, doc_ids: np.ndarray):
+    """The run's subset design: loaded (checked against doc_ids) or drawn and saved."""
+    from .subsets import SubsetDesign
+
+    sub_path = rdir / "subsets.safetensors"
+    if sub_path.exists():
+        return SubsetDesign.load(sub_path, doc_ids)
+    design = SubsetDesign.random(doc_ids, config.subsets.K, config.subsets.S, config.subsets.seed)
+    _atomic_save(design.save, sub_path)
+    return design
+
+
+def index(ws, run: str, config: IndexConfig, device: str = "auto", overwrite: bool = False, progress: bool = True,
+          reporter: Reporter | None = None) -> Path:
+    """Cache activations, design subsets, train operators. Returns the run folder."""
+    from .activations import build_cache
+    from .estimator import StrideEstimator
+    from .models import resolve_device
+
+    dev = resolve_device(device)
+    rdir, info = begin_run(ws, run, config, dev, overwrite)
     rep = reporter or Reporter(rdir, run)
 
     # 1. activation cache ------------------------------------------------------------------
@@ -169,12 +190,7 @@ def index(ws, run: str, config: IndexConfig, device: str = "auto", overwrite: bo
     logger.info("activation cache: %d documents, %d tokens in %.1fs", cache.n_docs, cache.n_tokens, time.time() - t0)
 
     # 2. subsets ----------------------------------------------------------------------------
-    sub_path = rdir / "subsets.safetensors"
-    if sub_path.exists():
-        design = SubsetDesign.load(sub_path, cache.doc_ids)
-    else:
-        design = SubsetDesign.random(cache.doc_ids, config.subsets.K, config.subsets.S, config.subsets.seed)
-        _atomic_save(design.save, sub_path)
+    design = ensure_design(rdir, config, cache.doc_ids)
 
     # 3. operators + reference ------------------------------------------------------------
     op_path = rdir / "operators.safetensors"
