@@ -136,3 +136,56 @@ def html_block(html: str, max_height: int = 420) -> None:
 
 def app_dir() -> Path:
     return Path(__file__).resolve().parent
+
+
+def audit_launcher(ws, run: dict, kind: str, expanded: bool) -> None:
+    """Form that starts `stride audit contamination|select` on a finished run as a background job, and the
+    live status of the latest audit job of that run (refreshed every 2 s while it runs)."""
+    from stride_core import jobs
+
+    what = "benchmark items" if kind == "contamination" else "target examples"
+    title = "Run a contamination audit" if kind == "contamination" else "Run a data-selection audit"
+    with st.expander(title, expanded=expanded):
+        if run.get("state") != "done" and not run["results"].get("attributions"):
+            st.info("This run has not finished indexing yet; audits start on a finished run.")
+            return
+        up = st.file_uploader(f"File of {what}: .jsonl (fields item_id, text) or .txt (one per line)",
+                              type=["jsonl", "txt"], key=f"{kind}_upload")
+        pasted = st.text_area(f"…or paste {what}, one per line", key=f"{kind}_paste", height=120)
+        budget = st.number_input("Documents to keep (budget)", min_value=1, value=100, step=10, key=f"{kind}_budget") \
+            if kind == "select" else None
+        if st.button("Start the audit", key=f"{kind}_start", type="primary"):
+            try:
+                if up is not None:
+                    text, name = up.getvalue().decode("utf-8"), up.name
+                else:
+                    text, name = pasted, "items.txt"
+                jobs.start_audit_job(ws, run["run"], kind, text, budget=budget, filename=name)
+                st.success("Audit started; its progress shows below and the results appear on this page.")
+            except UnicodeDecodeError:
+                st.error("The uploaded file is not UTF-8 text.")
+            except StrideError as exc:
+                st.error(str(exc))
+
+        def status_panel():
+            info = jobs.audit_info(ws, run["run"])
+            if not info or info.get("kind") not in (None, kind):
+                return
+            st.markdown(f"Latest audit: {state_badge(info['state'])} — {info.get('stage', '')} {info.get('message', '')}",
+                        unsafe_allow_html=True)
+            flag = f"{kind}_{run['run']}_was_running"
+            if info["state"] in ("queued", "running"):
+                st.session_state[flag] = True
+                st.progress(float(info.get("progress") or 0.0))
+            elif st.session_state.pop(flag, False):
+                st.rerun(scope="app")  # the audit just ended: reload the page to show its results
+            elif info["state"] == "failed":
+                st.error(info.get("error") or "the audit failed")
+                if info.get("log_tail"):
+                    st.code(info["log_tail"][-1500:])
+
+        info = jobs.audit_info(ws, run["run"])
+        if info and info["state"] in ("queued", "running"):
+            st.fragment(status_panel, run_every=2.0)()
+        else:
+            status_panel()

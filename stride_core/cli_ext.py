@@ -16,3 +16,7 @@ REGISTRATIONS.append(_register_bench)
 from .audit_cli import register as _register_audit  # noqa: E402  `stride audit contamination|select`
 
 REGISTRATIONS.append(_register_audit)
+
+from .bench.audit_bench import register as _register_audit_bench  # noqa: E402  `stride bench contamination|selection`
+
+BENCH_REGISTRATIONS.append(_register_audit_bench)

@@ -204,10 +204,9 @@ def audit_contamination(ws, run: str, benchmark, args: ContaminationArgs | None 
     """Flag training documents that leak benchmark items. Returns (pairs, items); both are written to
     runs/<run>/contamination.parquet and contamination_items.parquet, the workspace DuckDB tables
     `contamination` / `contamination_items`, and OUT (pairs) plus OUT's `<stem>_items` sibling."""
-    from .corpus import corpus_info, load_documents
-    from .pipeline import _atomic_save, load_run, open_run, write_table
-    from .progress import Reporter
-    from .workspace import replace_run_rows
+    from .corpus import corpus_info
+    from .pipeline import load_run
+    from .progress import AUDIT_STATUS_FILE, Reporter
 
     args = args or ContaminationArgs()
     if out is not None and Path(out).suffix.lower() not in (".parquet", ".jsonl", ".csv"):
@@ -215,7 +214,18 @@ def audit_contamination(ws, run: str, benchmark, args: ContaminationArgs | None 
     items: list[Item] = read_items(benchmark, "benchmark", max_items=args.max_items)
     rdir, config = load_run(ws, run)  # raises for an unknown or unfinished run before any work
     info = corpus_info(ws, config.corpus)
-    rep = reporter or Reporter(rdir, run)
+    rep = reporter or Reporter(rdir, run, filename=AUDIT_STATUS_FILE)
+    if reporter is not None:
+        return _audit_contamination(ws, run, benchmark, args, out, items, rdir, config, info, rep)
+    with rep.finishing():
+        return _audit_contamination(ws, run, benchmark, args, out, items, rdir, config, info, rep)
+
+
+def _audit_contamination(ws, run, benchmark, args, out, items, rdir, config, info, rep):
+    from .corpus import load_documents
+    from .pipeline import _atomic_save, open_run, write_table
+    from .workspace import replace_run_rows
+
     t0 = time.time()
     texts = [it.text for it in items]
 
@@ -223,7 +233,6 @@ def audit_contamination(ws, run: str, benchmark, args: ContaminationArgs | None 
     rep.stage("contamination: overlap", f"{len(items)} items against corpus {config.corpus} ({info['n_docs']} documents)")
     index = NgramIndex(texts, args.ngram)
     hits: dict[tuple[int, int], tuple[float, str]] = {}
-    evid_text: dict[int, str] = {}
 
     def scan(doc_id: int, text: str):
         for q, (c, a, b) in index.scan(text).items():
@@ -306,8 +315,6 @@ def audit_contamination(ws, run: str, benchmark, args: ContaminationArgs | None 
         write_table(summary, out.with_name(out.stem + "_items" + out.suffix))
     n_leaked = int(summary["leaked"].sum())
     rep.stage("contamination done", f"{n_leaked} of {len(items)} items flagged as leaked ({time.time() - t0:.0f}s)")
-    if reporter is None:
-        rep.finish("done")
     logger.info("contamination audit: %d of %d items leaked, %d flagged pairs", n_leaked, len(items), int(pairs["leaked"].sum()))
     return pairs, summary
 

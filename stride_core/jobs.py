@@ -330,6 +330,80 @@ def _launch(ws: Workspace, run: str, job: dict) -> dict:
     return job
 
 
+AUDIT_KINDS = {"contamination": "--benchmark", "select": "--target"}
+AUDIT_JOB_FILE = "audit_job.json"
+AUDIT_LOG_FILE = "audit.log"
+
+
+def start_audit_job(ws: Workspace, run: str, kind: str, items_text: str, budget: int | None = None,
+                    device: str = "auto", filename: str = "items.jsonl") -> dict:
+    """Launch `stride audit contamination|select` on a finished run as a detached process. `items_text`
+    is the content of the benchmark / target file (.jsonl or .txt by `filename`); it is validated here,
+    so a bad file fails at once. Progress goes to runs/<run>/audit_status.json, never to the run's own
+    status (an audit does not change the run's state)."""
+    from .items import read_items
+    from .pipeline import load_run
+    from .progress import AUDIT_STATUS_FILE
+
+    if kind not in AUDIT_KINDS:
+        raise InputError(f"unknown audit {kind!r}: use contamination or select")
+    if kind == "select" and (not budget or int(budget) < 1):
+        raise InputError("a selection audit needs a budget >= 1")
+    run_dir, _ = load_run(ws, run)  # RunError unless the run is fully indexed
+    current = read_status(run_dir, AUDIT_STATUS_FILE)
+    job = _read_json(run_dir / AUDIT_JOB_FILE)
+    if current is not None and current.state in ACTIVE_STATES and job_alive(job.get("pid"), job.get("start_ticks")):
+        raise RunError(f"an audit is already running on run {run!r}; wait for it or cancel it")
+    suffix = ".txt" if filename.lower().endswith(".txt") else ".jsonl"
+    inp = run_dir / f"audit_{kind}_input{suffix}"
+    tmp = run_dir / f"audit_{kind}_input.partial{suffix}"  # keeps the suffix read_items dispatches on
+    tmp.write_text(items_text, encoding="utf-8")
+    try:
+        read_items(tmp, "benchmark" if kind == "contamination" else "target")
+    except Exception:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, inp)
+    cmd = [sys.executable, "-m", "stride_core.cli", "--workspace", str(ws.root), "--no-progress", "audit", kind,
+           "--run", run, AUDIT_KINDS[kind], str(inp), "--device", device]
+    if kind == "select":
+        cmd += ["--budget", str(int(budget))]
+    write_status(run_dir, RunStatus(run=run, state="queued", stage=f"audit {kind}", message="starting"), AUDIT_STATUS_FILE)
+    env = dict(os.environ, STRIDE_WORKSPACE=str(ws.root), PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    with open(run_dir / AUDIT_LOG_FILE, "ab") as log:
+        try:
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True, cwd=str(ws.root), env=env, close_fds=True)
+        except OSError as exc:
+            write_status(run_dir, RunStatus(run=run, state="failed", error=f"could not start the audit: {exc}"), AUDIT_STATUS_FILE)
+            raise RunError(f"could not start the audit on run {run!r}: {exc}") from exc
+    job = {"run": run, "kind": kind, "command": cmd, "pid": proc.pid, "start_ticks": _proc_start_ticks(proc.pid),
+           "created_at": time.time()}
+    _write_json(run_dir / AUDIT_JOB_FILE, job)
+    return job
+
+
+def audit_info(ws: Workspace, run: str) -> dict | None:
+    """The latest audit job of a run: its status (a dead process without a final state reads as failed)
+    and the tail of its log; None when no audit was started."""
+    from .progress import AUDIT_STATUS_FILE
+
+    run_dir = ws.run_dir(run)
+    st = read_status(run_dir, AUDIT_STATUS_FILE)
+    if st is None:
+        return None
+    job = _read_json(run_dir / AUDIT_JOB_FILE)
+    d = asdict(st)
+    if st.state in ACTIVE_STATES and job.get("pid") and not job_alive(job["pid"], job.get("start_ticks")):
+        if time.time() - job.get("created_at", 0) > _QUEUED_GRACE_S or st.state == "running":
+            d["state"] = "failed"
+            d["error"] = d.get("error") or "the audit process ended without recording a final state"
+    d["kind"] = job.get("kind")
+    log = run_dir / AUDIT_LOG_FILE
+    d["log_tail"] = log.read_text(errors="replace")[-3000:] if log.exists() else ""
+    return d
+
+
 def cancel_job(ws: Workspace, run: str, grace_s: float = 5.0) -> bool:
     """Kill the job's process group (SIGTERM, then SIGKILL after `grace_s`) and mark it cancelled.
 

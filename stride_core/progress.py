@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -34,12 +35,16 @@ class RunStatus:
             raise ValueError(f"state must be one of {STATES}")
 
 
-def status_path(run_dir: Path) -> Path:
-    return Path(run_dir) / "status.json"
+STATUS_FILE = "status.json"  # the run's index/attribute job
+AUDIT_STATUS_FILE = "audit_status.json"  # the latest audit job on the run (kept apart: an audit never changes the run's state)
 
 
-def read_status(run_dir: Path) -> RunStatus | None:
-    p = status_path(run_dir)
+def status_path(run_dir: Path, filename: str = STATUS_FILE) -> Path:
+    return Path(run_dir) / filename
+
+
+def read_status(run_dir: Path, filename: str = STATUS_FILE) -> RunStatus | None:
+    p = status_path(run_dir, filename)
     if not p.exists():
         return None
     try:
@@ -48,9 +53,9 @@ def read_status(run_dir: Path) -> RunStatus | None:
         return None
 
 
-def write_status(run_dir: Path, status: RunStatus) -> None:
+def write_status(run_dir: Path, status: RunStatus, filename: str = STATUS_FILE) -> None:
     status.updated_at = time.time()
-    p = status_path(run_dir)
+    p = status_path(run_dir, filename)
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_suffix(f".tmp{os.getpid()}")
     tmp.write_text(json.dumps(asdict(status), default=str))
@@ -60,16 +65,17 @@ def write_status(run_dir: Path, status: RunStatus) -> None:
 class Reporter:
     """Stage/progress updates to status.json, throttled to one write per `min_interval` seconds."""
 
-    def __init__(self, run_dir: Path | None, run: str = "", min_interval: float = 0.5):
+    def __init__(self, run_dir: Path | None, run: str = "", min_interval: float = 0.5, filename: str = STATUS_FILE):
         self.run_dir = Path(run_dir) if run_dir else None
         self.min_interval = min_interval
+        self.filename = filename
         self._last = 0.0
         self.status = RunStatus(run=run, state="running", pid=os.getpid())
         if self.run_dir:
-            prev = read_status(self.run_dir)
+            prev = read_status(self.run_dir, filename)
             if prev is not None:
                 self.status.started_at = prev.started_at if prev.state == "running" else time.time()
-            write_status(self.run_dir, self.status)
+            write_status(self.run_dir, self.status, filename)
 
     def stage(self, name: str, message: str = ""):
         self.status.stage, self.status.progress, self.status.message = name, 0.0, message
@@ -96,4 +102,17 @@ class Reporter:
         now = time.time()
         if force or now - self._last >= self.min_interval:
             self._last = now
-            write_status(self.run_dir, self.status)
+            write_status(self.run_dir, self.status, self.filename)
+
+    @contextmanager
+    def finishing(self):
+        """Mark the status done when the block ends, failed (with the message) or cancelled when it raises."""
+        try:
+            yield self
+        except KeyboardInterrupt:
+            self.finish("cancelled", "interrupted")
+            raise
+        except BaseException as exc:
+            self.finish("failed", str(exc))
+            raise
+        self.finish("done")

@@ -103,10 +103,9 @@ def rank_documents(W: np.ndarray, matched: np.ndarray, order_by: str = "lasso") 
 def audit_select(ws, run: str, target, args: SelectionArgs, out=None, progress: bool = True, reporter=None) -> pd.DataFrame:
     """Keep-list (top `budget`, near-duplicates skipped) and drop-list (net harmful on the targets).
     Written to runs/<run>/selection.parquet, the DuckDB table `selection`, and OUT when given."""
-    from .corpus import corpus_info, load_documents
-    from .pipeline import _atomic_save, load_run, open_run, write_table
-    from .progress import Reporter
-    from .workspace import replace_run_rows
+    from .corpus import corpus_info
+    from .pipeline import load_run
+    from .progress import AUDIT_STATUS_FILE, Reporter
 
     if out is not None and Path(out).suffix.lower() not in (".parquet", ".jsonl", ".csv"):
         raise InputError(f"--out {out}: use a .parquet, .jsonl or .csv file name")
@@ -116,10 +115,22 @@ def audit_select(ws, run: str, target, args: SelectionArgs, out=None, progress: 
     n_docs = info["n_docs"] if config.shards is None else None
     if n_docs is not None and args.budget > n_docs:
         raise InputError(f"budget {args.budget} is larger than corpus {config.corpus!r} ({n_docs} documents)")
-    rep = reporter or Reporter(rdir, run)
+    rep = reporter or Reporter(rdir, run, filename=AUDIT_STATUS_FILE)
+    if reporter is not None:
+        return _audit_select(ws, run, target, args, out, targets, rdir, config, rep)
+    with rep.finishing():
+        return _audit_select(ws, run, target, args, out, targets, rdir, config, rep)
+
+
+def _audit_select(ws, run, target, args, out, targets, rdir, config, rep):
+    from .arguments import AttributeArgs
+    from .corpus import corpus_info, load_documents
+    from .pipeline import _atomic_save, open_run, write_table
+    from .workspace import replace_run_rows
+
+    info = corpus_info(ws, config.corpus)
     t0 = time.time()
     rep.stage("selection: influence", f"{len(targets)} target examples")
-    from .arguments import AttributeArgs
 
     opened = open_run(ws, run, AttributeArgs(device=args.device))
     doc_ids = opened.doc_ids
@@ -183,6 +194,4 @@ def audit_select(ws, run: str, target, args: SelectionArgs, out=None, progress: 
     counts = df["decision"].value_counts().to_dict()
     rep.stage("selection done", f"keep {counts.get('keep', 0)}, drop {counts.get('drop', 0)}, near-duplicates skipped "
                                 f"{counts.get('duplicate', 0)} ({time.time() - t0:.0f}s)")
-    if reporter is None:
-        rep.finish("done")
     return df

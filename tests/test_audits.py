@@ -203,3 +203,32 @@ def test_audit_bad_inputs_leave_nothing_half_written(audit_ws, tmp_path):
     assert rc == 2
     rc = cli.main(["--workspace", str(ws.root), "audit", "contamination", "--run", "audit", "--benchmark", str(empty)])
     assert rc == 2
+
+
+def test_audit_job_runs_in_the_background_and_keeps_the_run_state(audit_ws):
+    import time
+
+    from stride_core import jobs
+    from stride_core.progress import read_status
+
+    ws, docs = audit_ws
+    before = read_status(ws.run_dir("audit"))
+    with pytest.raises(InputError, match="corrupt JSON"):
+        jobs.start_audit_job(ws, "audit", "contamination", "{not json\n", filename="b.jsonl")
+    assert not list(ws.run_dir("audit").glob("audit_contamination_input*"))
+    with pytest.raises(InputError, match="budget"):
+        jobs.start_audit_job(ws, "audit", "select", "a target\n", budget=0, filename="t.txt")
+    with pytest.raises(RunError, match="unknown run"):
+        jobs.start_audit_job(ws, "nope", "select", "a target\n", budget=3)
+    jobs.start_audit_job(ws, "audit", "select", "The json module encodes objects\nLogging handlers\n", budget=7,
+                         filename="t.txt", device="cpu")
+    deadline = time.time() + 240
+    info = jobs.audit_info(ws, "audit")
+    while info["state"] in ("queued", "running") and time.time() < deadline:
+        time.sleep(1)
+        info = jobs.audit_info(ws, "audit")
+    assert info["state"] == "done", info
+    sel = pd.read_parquet(ws.run_dir("audit") / "selection.parquet")
+    assert (sel["decision"] == "keep").sum() == 7
+    after = read_status(ws.run_dir("audit"))
+    assert (before.state, before.stage) == (after.state, after.stage)  # the run's own status is untouched

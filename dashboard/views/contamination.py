@@ -14,8 +14,9 @@ ws = common.workspace()
 root = str(ws.root)
 st.title("Contamination audit")
 st.caption("Were evaluation items (benchmark questions, test prompts) present in the training data? For each item "
-           "the audit pairs it with training documents that both **share long n-grams** with it and **strongly "
-           "influence** the model's answer on it; a pair high on both is flagged as a likely leak.")
+           "the audit pairs it with training documents that **share long n-grams** with it (`overlap_score`) and/or "
+           "**influence** the model on it more than their lexical similarity explains (`influence_z`, from STRIDE). "
+           "`combined_score` = overlap / overlap threshold + z / z threshold; a pair at 1 or above is flagged.")
 
 EXPLAIN = """The contamination audit has not been run for **{run}** yet. When it has, this page shows:
 
@@ -24,7 +25,9 @@ EXPLAIN = """The contamination audit has not been run for **{run}** yet. When it
   matching text as `evidence`, and a `leaked` flag;
 - a scatter plot of overlap against influence, the flagged items, and a CSV export.
 
-The audit writes `runs/{run}/contamination.parquet`; this page picks it up as soon as it exists."""
+Start it above (upload a benchmark file) or from a terminal:
+`stride audit contamination --run {run} --benchmark items.jsonl`. This page picks the results up as soon as
+they exist."""
 
 with common.guard("the Contamination page"):
     runs = jobs.list_runs(ws)
@@ -34,6 +37,7 @@ with common.guard("the Contamination page"):
     having = [r["run"] for r in runs if r["results"].get("contamination")]
     r = common.pick_run(runs, key="contamination_run", prefer="contamination")
     p = queries.result_path(root, r["run"], "contamination")
+    common.audit_launcher(ws, r, "contamination", expanded=not p.exists())
     if not p.exists():
         st.info(EXPLAIN.format(run=r["run"]))
         if having:
@@ -45,6 +49,15 @@ with common.guard("the Contamination page"):
         st.success("The contamination audit found no candidate pairs for this run.")
         st.stop()
     leaked = df[df["leaked"].fillna(False).astype(bool)] if "leaked" in df.columns else df.iloc[0:0]
+    items_path = p.with_name("contamination_items.parquet")
+    if items_path.exists():
+        items = queries.result_table(str(items_path), queries.file_version(items_path))
+        st.subheader("Items")
+        st.caption("One row per benchmark item: `leaked` when at least one document is flagged for it; `n_copies` counts "
+                   "documents holding the item's text (overlap above the threshold); `item_loss` is the model's loss on "
+                   "the item (memorised items have a low loss).")
+        st.dataframe(items, hide_index=True, key="contamination_items")
+        st.subheader("Flagged and candidate pairs")
     c1, c2, c3 = st.columns(3)
     c1.metric("Items checked", int(df["item_id"].nunique()) if "item_id" in df.columns else len(df))
     c2.metric("Candidate pairs", len(df))

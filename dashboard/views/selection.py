@@ -17,8 +17,9 @@ st.caption("Suggestions for curating the training corpus: documents that consist
 
 EXPLAIN = """The data-selection audit has not been run for **{run}** yet. When it has, this page shows every scored
 document with its `score` and a `decision` (`keep` / `drop`), a histogram of scores by decision, and exports of
-the keep and drop lists (doc_id CSV) for your training pipeline. The audit writes
-`runs/{run}/selection.parquet`; this page picks it up as soon as it exists."""
+the keep and drop lists (doc_id CSV) for your training pipeline. Start it above (upload target examples and
+a budget) or from a terminal: `stride audit select --run {run} --target target.jsonl --budget 500`. This
+page picks the results up as soon as they exist."""
 
 with common.guard("the Data selection page"):
     runs = jobs.list_runs(ws)
@@ -27,6 +28,7 @@ with common.guard("the Data selection page"):
         st.stop()
     r = common.pick_run(runs, key="selection_run", prefer="selection")
     p = queries.result_path(root, r["run"], "selection")
+    common.audit_launcher(ws, r, "select", expanded=not p.exists())
     if p.exists():
         df = queries.result_table(str(p), queries.file_version(p))
         if df.empty:

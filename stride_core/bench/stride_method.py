@@ -82,6 +82,8 @@ def _merge(base: dict, over: dict) -> dict:
     for k, v in over.items():
         if k in ("K", "S"):
             cfg["subsets"] = replace(cfg["subsets"], **{k: v})
+        elif k == "design_seed":  # the subset design's seed (operators.seed is "seed")
+            cfg["subsets"] = replace(cfg["subsets"], seed=v)
         elif hasattr(cfg["operators"], k):
             cfg["operators"] = replace(cfg["operators"], **{k: v})
         else:
