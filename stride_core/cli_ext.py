@@ -20,3 +20,7 @@ REGISTRATIONS.append(_register_audit)
 from .bench.audit_bench import register as _register_audit_bench  # noqa: E402  `stride bench contamination|selection`
 
 BENCH_REGISTRATIONS.append(_register_audit_bench)
+
+from .bench.scale import register as _register_scale_bench  # noqa: E402  `stride bench scale`
+
+BENCH_REGISTRATIONS.append(_register_scale_bench)

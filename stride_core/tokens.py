@@ -237,3 +237,29 @@ def tokenize_corpus(ws, corpus: str, shards: list[int] | None, root: Path, token
     if not meta.get("finished"):
         tokenize_part(ws, corpus, shards, root, tokenizer, args, progress=progress)
     return finish_tokens(root)
+
+
+def write_store(root: Path, doc_ids: np.ndarray, chunks, **meta) -> TokenStore:
+    """A finished store from pre-tokenized chunks [(lengths (n,), ids (sum(lengths),))], written one
+    chunk at a time (e.g. synthetic corpora in `stride bench scale`). `meta` is recorded in meta.json."""
+    root = Path(root)
+    if root.exists():
+        shutil.rmtree(root)
+    root.mkdir(parents=True)
+    doc_ids = np.asarray(doc_ids, dtype=np.int64)
+    lengths = []
+    with open(root / "ids.bin", "wb") as f:
+        for n, ids in chunks:
+            n = np.asarray(n, dtype=np.int64)
+            if int(n.sum()) != len(ids):
+                raise StrideError(f"a chunk has {len(ids)} ids but its lengths sum to {int(n.sum())}")
+            lengths.append(n)
+            f.write(np.ascontiguousarray(ids, dtype=np.int32).tobytes())
+    lengths = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
+    if len(lengths) != len(doc_ids):
+        raise StrideError(f"{len(lengths)} documents written for {len(doc_ids)} document ids")
+    np.save(root / "doc_ids.npy", doc_ids)
+    np.save(root / "offsets.npy", np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
+    (root / "meta.json").write_text(json.dumps({**meta, "n_docs": int(len(doc_ids)), "n_tokens": int(lengths.sum()),
+                                                "finished": True}))
+    return TokenStore.open(root)

@@ -1,0 +1,93 @@
+"""Bounded-memory indexing (the streamed token store) and `stride bench scale` at CI size."""
+
+import json
+
+import numpy as np
+import pytest
+
+from stride_core.errors import RunError, StrideError
+from stride_core.tokens import TokenizeArgs, TokenStore, begin_tokens, finish_tokens, tokenize_corpus, tokenize_part
+
+
+class _Tok:
+    """characters -> ids, like a tokenizer's batch call"""
+
+    def __call__(self, texts, add_special_tokens=False):
+        return {"input_ids": [[1 + (ord(c) % 60) for c in t] for t in texts]}
+
+
+TEXTS = [f"document {i} " + "words " * (i % 7) for i in range(23)]
+
+
+@pytest.fixture
+def corpus(ws, tmp_path):
+    from stride_core.corpus import ImportOptions, import_corpus
+
+    src = tmp_path / "c.jsonl"
+    src.write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS))
+    import_corpus(ws, src, "c", ImportOptions(shard_size=10))
+    return ws, src
+
+
+def test_token_store_is_chunk_invariant_and_matches_one_call(corpus, tmp_path):
+    ws, _ = corpus
+    whole = [ids[:12] for ids in _Tok()(TEXTS)["input_ids"]]
+    for chunk in (1, 5, 1000):
+        st = tokenize_corpus(ws, "c", None, tmp_path / f"t{chunk}", _Tok(), TokenizeArgs(max_tokens=12, chunk_docs=chunk))
+        assert st.n_docs == 23 and st.doc_ids.tolist() == list(range(23))
+        assert [st.tokens(i) for i in range(23)] == whole
+        assert st.items()[3] == (whole[3], 0) and len(st.items()) == 23
+    # shards: only the documents of shard 1 (doc ids 10..19), in doc_id order
+    st = tokenize_corpus(ws, "c", [1], tmp_path / "s1", _Tok(), TokenizeArgs(max_tokens=12, chunk_docs=4))
+    assert st.doc_ids.tolist() == list(range(10, 20)) and st.tokens(0) == whole[10]
+
+
+def test_token_store_parts_resume_and_rebuild_on_a_replaced_corpus(corpus, tmp_path):
+    from stride_core.corpus import ImportOptions, import_corpus
+
+    ws, src = corpus
+    root, targs = tmp_path / "t", TokenizeArgs(max_tokens=8, chunk_docs=4)
+    begin_tokens(ws, "c", None, root, targs)
+    assert tokenize_part(ws, "c", None, root, _Tok(), targs, rank=0, world=2) == 3  # chunks 0, 2, 4 of 6
+    with pytest.raises(RunError, match="missing 3 chunks"):
+        finish_tokens(root)
+    assert tokenize_part(ws, "c", None, root, _Tok(), targs, rank=0, world=2) == 0  # done parts are kept
+    assert tokenize_part(ws, "c", None, root, _Tok(), targs, rank=1, world=2) == 3
+    st = finish_tokens(root)
+    assert [st.tokens(i) for i in range(23)] == [ids[:8] for ids in _Tok()(TEXTS)["input_ids"]]
+    assert TokenStore.open(root).n_tokens == st.n_tokens
+    meta, _ = begin_tokens(ws, "c", None, root, targs)
+    assert meta["finished"]  # reused as is
+    src.write_text("".join(json.dumps({"text": t.upper()}) + "\n" for t in TEXTS[:20]))
+    import_corpus(ws, src, "c", ImportOptions(replace=True))
+    meta, doc_ids = begin_tokens(ws, "c", None, root, targs)
+    assert not meta["finished"] and len(doc_ids) == 20  # a replaced corpus is tokenized again
+    with pytest.raises(StrideError):
+        TokenizeArgs(chunk_docs=0)
+
+
+def test_bench_scale_ci_size(tmp_path):
+    from stride_core.bench.scale import ScaleArgs, format_table, run_scale_bench
+
+    args = ScaleArgs(sizes=(120, 60), doc_tokens=16, K=8, S=2, R=4, steps=3, subset_batch=8, prompts=1,
+                     batch_size=16, threads=1, in_process=True, device="cpu")
+    res = run_scale_bench(tmp_path / "out", args)
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert saved["rows"] == json.loads(json.dumps(res["rows"])) and [r["n_docs"] for r in res["rows"]] == [60, 120]
+    for r in res["rows"]:
+        assert set(r["stages"]) == {"tokens", "floor", "cache", "subsets", "operators", "open_index", "query"}
+        assert 16 // 2 * r["n_docs"] <= r["n_tokens"] <= 16 * r["n_docs"]
+        assert r["cache_tokens_per_s"] > 0 and r["floor_tokens_per_s"] > 0 and r["cache_vs_floor"] > 0
+        assert 0 < r["recovery_s"] <= r["prompt_s"] and r["peak_host_rss_mb"] > 0
+    assert not (tmp_path / "out" / "work").exists()  # cleaned up unless keep
+    assert "cache/floor" in format_table(res["rows"])
+    for bad in (dict(K=500), dict(sizes=()), dict(S=0), dict(doc_tokens=1000), dict(device="tpu")):
+        with pytest.raises(StrideError):
+            ScaleArgs(**{**dict(sizes=(100,), K=8), **bad})
+
+
+def test_bench_scale_is_a_stride_bench_action(tmp_path):
+    from stride_core.cli import build_parser
+
+    args = build_parser().parse_args(["bench", "scale", "--out", str(tmp_path), "--sizes", "100,200", "--K", "8"])
+    assert args.func.__name__ == "cmd_bench_scale" and args.sizes == "100,200" and args.K == 8
