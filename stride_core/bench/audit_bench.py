@@ -81,8 +81,22 @@ def build_bench_corpus(docs: list[dict], cfg: AuditBenchConfig) -> tuple[list[di
     targets = rng.choice(pool, min(cfg.n_targets, len(pool) // 3), replace=False)
     # benchmark items: held-out documents with enough words, from any other module
     n_items = cfg.items_per_count * len(cfg.counts) + cfg.n_clean
-    cand = np.setdiff1d(np.flatnonzero(n_words >= cfg.item_words + 8), targets)
-    item_src = rng.choice(cand, n_items, replace=False)
+    cand = rng.permutation(np.setdiff1d(np.flatnonzero(n_words >= cfg.item_words + 8), targets))
+    # an item must be new to the corpus: pydocs repeats some docstrings (inherited methods), so skip
+    # candidates whose opening words already occur elsewhere (8-gram containment >= 0.2)
+    from ..contamination import NgramIndex
+
+    openings = [" ".join(docs[i]["text"].split()[: cfg.item_words]) for i in cand[: 4 * n_items]]
+    index = NgramIndex(openings, 8)
+    seen = np.zeros(len(openings))
+    for j, d in enumerate(docs):
+        for q, (c, _, _) in index.scan(d["text"]).items():
+            if cand[q] != j:
+                seen[q] = max(seen[q], c)
+    fresh = [int(cand[q]) for q in range(len(openings)) if seen[q] < 0.2]
+    if len(fresh) < n_items:
+        raise StrideError(f"only {len(fresh)} held-out documents are new enough to be benchmark items; lower the item counts")
+    item_src = np.array(fresh[:n_items])
     held = set(targets.tolist()) | set(item_src.tolist())
     vocab = sorted({w for d in docs[:400] for w in d["text"].split() if w.isalpha() and 3 <= len(w) <= 10})
     items = []
@@ -196,13 +210,14 @@ def contamination_metrics(pairs: pd.DataFrame, items: pd.DataFrame, docs: pd.Dat
     return rows
 
 
-def _best_threshold(score: pd.Series, decoy: pd.Series, max_rate: float, n_decoys: int) -> float:
-    """Smallest threshold on `score` that flags at most max_rate of the decoys."""
+def _best_threshold(score: pd.Series, decoy: pd.Series, max_rate: float, n_decoys: int, floor: float) -> float:
+    """Smallest threshold on `score` (not below `floor`, the level under which the audit reports no
+    pair, so decoys missing from the report score below it) that flags at most max_rate of the decoys."""
     d = np.sort(score[decoy].to_numpy())[::-1]
     allowed = int(np.floor(max_rate * n_decoys))
     if len(d) <= allowed:
-        return -np.inf
-    return float(d[allowed]) + 1e-9
+        return floor
+    return max(floor, float(d[allowed]) + 1e-9)
 
 
 def run_contamination_bench(out_dir, cfg: AuditBenchConfig | None = None, device: str = "auto", progress: bool = True) -> dict:
@@ -225,8 +240,8 @@ def run_contamination_bench(out_dir, cfg: AuditBenchConfig | None = None, device
     decoy = (pairs["role"] == "decoy") & (pairs["planted_item"] == pairs["item_id"])
     n_decoys = int((docs["role"] == "decoy").sum())
     z_thr = cargs.z_for(meta["n_docs"])
-    t_ov = _best_threshold(pairs["overlap_score"], decoy, 0.05, n_decoys)
-    t_z = _best_threshold(pairs["influence_z"], decoy, 0.05, n_decoys)
+    t_ov = _best_threshold(pairs["overlap_score"], decoy, 0.05, n_decoys, cargs.min_overlap)
+    t_z = _best_threshold(pairs["influence_z"], decoy, 0.05, n_decoys, z_thr / 2)
     flags = {
         "overlap-only (default 0.5)": pairs["flag_overlap"],
         "STRIDE-only (default z)": pairs["influence_z"] >= z_thr,
