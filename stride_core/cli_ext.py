@@ -21,6 +21,10 @@ from .bench.audit_bench import register as _register_audit_bench  # noqa: E402  
 
 BENCH_REGISTRATIONS.append(_register_audit_bench)
 
+from .bench.plot import register as _register_plot_bench  # noqa: E402  `stride bench plot`: LDS vs time PNG
+
+BENCH_REGISTRATIONS.append(_register_plot_bench)
+
 from .bench.scale import register as _register_scale_bench  # noqa: E402  `stride bench scale`
 
 BENCH_REGISTRATIONS.append(_register_scale_bench)

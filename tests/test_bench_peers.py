@@ -115,3 +115,10 @@ def test_peer_self_influence_tiny_lm(name, lm_self_ctx):
     scores, timing = peers.PEER_METHODS[name](ctx, **TOY_KWARGS.get(name, {}))
     _check_self_influence(scores, own, ctx.n_train, min_top=0.5)
     assert timing["fit_seconds"] > 0
+
+
+def test_kronfluence_is_reproducible(digits_self_ctx):
+    pytest.importorskip("kronfluence")
+    a, _ = peers.kronfluence_scores(digits_self_ctx)
+    b, _ = peers.kronfluence_scores(digits_self_ctx)
+    assert np.array_equal(a, b)  # the sampled Fisher labels are seeded

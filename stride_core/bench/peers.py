@@ -254,8 +254,9 @@ def _kronfluence_task_lm(tracked: list[str]):
     return LMTask()
 
 
-def kronfluence_scores(ctx, batch_size: int = 64):
-    """EK-FAC influence with kronfluence on the base model (see the module docstring)."""
+def kronfluence_scores(ctx, batch_size: int = 64, seed: int = 0):
+    """EK-FAC influence with kronfluence on the base model (see the module docstring). The true
+    Fisher samples labels from the model; `seed` fixes them (torch's global RNG is restored after)."""
     _require("kronfluence")
     import torch
     import torch.nn as nn
@@ -279,7 +280,9 @@ def kronfluence_scores(ctx, batch_size: int = 64):
         raise PeerUnavailable(f"no kronfluence adapter for context type {type(ctx).__name__}")
 
     model = prepare_model(model, task)
-    with tempfile.TemporaryDirectory(prefix="stride-kronfluence-") as tmp:
+    cuda = [] if cpu else [torch.device(ctx.device).index or 0]
+    with torch.random.fork_rng(devices=cuda), tempfile.TemporaryDirectory(prefix="stride-kronfluence-") as tmp:
+        torch.manual_seed(seed)
         analyzer = Analyzer(analysis_name="stride_bench", model=model, task=task, cpu=cpu, disable_tqdm=True,
                             output_dir=tmp, disable_model_save=True)
         t0 = time.perf_counter()
