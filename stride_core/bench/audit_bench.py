@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -49,6 +50,7 @@ class AuditBenchConfig:
     decoy_rate: float = 0.35
     n_targets: int = 30
     seed: int = 0
+    max_docs: int | None = None  # use only the first pydocs documents (CI-size runs)
 
     def __post_init__(self):
         if self.preset not in ("ci", "default"):
@@ -98,7 +100,7 @@ def build_bench_corpus(docs: list[dict], cfg: AuditBenchConfig) -> tuple[list[di
         raise StrideError(f"only {len(fresh)} held-out documents are new enough to be benchmark items; lower the item counts")
     item_src = np.array(fresh[:n_items])
     held = set(targets.tolist()) | set(item_src.tolist())
-    vocab = sorted({w for d in docs[:400] for w in d["text"].split() if w.isalpha() and 3 <= len(w) <= 10})
+    vocab = sorted({w for d in docs[:400] for w in d["text"].split() if re.fullmatch(r"\w{3,12}", w)})
     items = []
     records = [dict(d, role="original", planted_item=None) for i, d in enumerate(docs) if i not in held]
     hosts = rng.permutation(len(records))
@@ -153,7 +155,7 @@ def prepare(out_dir, cfg: AuditBenchConfig, device: str = "cpu", progress: bool 
             return meta
     t0 = time.time()
     if not any(c["name"] == CORPUS for c in list_corpora(ws)):
-        records, items, targets = build_bench_corpus(list(iter_pydocs()), cfg)
+        records, items, targets = build_bench_corpus(list(iter_pydocs())[: cfg.max_docs], cfg)
         items.to_json(out / "benchmark.jsonl", orient="records", lines=True)
         targets.to_json(out / "targets.jsonl", orient="records", lines=True)
 
