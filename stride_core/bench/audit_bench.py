@@ -15,7 +15,7 @@ recall of leaked items and copies, and the fraction of decoys and clean items fl
 overlap-only, STRIDE-only and combined flags (at the audit's default thresholds, and at the
 threshold of each single signal that keeps decoy flags <= 5%).
 `stride bench selection` selects `budget` documents for the targets by STRIDE (two orderings),
-TF-IDF similarity and at random, trains a fresh small model on each selection for a fixed number of
+BM25, TF-IDF similarity and at random, trains a fresh small model on each selection for a fixed number of
 steps (several seeds) and reports the targets' loss with a 95% confidence interval.
 """
 
@@ -282,12 +282,12 @@ class SelectionBenchConfig:
     budget: int = 300
     seeds: int = 3
     steps: int = 300  # optimizer steps of every fresh model, whatever its selection's size
-    methods: list = field(default_factory=lambda: ["stride", "stride-matched", "tfidf", "random"])
+    methods: list = field(default_factory=lambda: ["stride", "stride-matched", "bm25", "tfidf", "random"])
 
     def __post_init__(self):
         if self.budget < 10 or self.seeds < 1 or self.steps < 10:
             raise StrideError("budget >= 10, seeds >= 1, steps >= 10")
-        unknown = set(self.methods) - {"stride", "stride-matched", "tfidf", "random"}
+        unknown = set(self.methods) - {"stride", "stride-matched", "bm25", "tfidf", "random"}
         if unknown:
             raise StrideError(f"unknown selection method(s) {sorted(unknown)}")
 
@@ -300,6 +300,32 @@ def _tfidf_select(ws, targets: list[str], budget: int) -> list[int]:
     docs = load_documents(ws, CORPUS, ["doc_id", "text"])
     vec = TfidfVectorizer(sublinear_tf=True, token_pattern=r"(?u)\b\w+\b").fit(docs["text"])
     s = np.asarray((vec.transform(docs["text"]) @ vec.transform(targets).T).mean(axis=1)).ravel()
+    return docs["doc_id"].to_numpy()[np.argsort(-s, kind="stable")[:budget]].tolist()
+
+
+def _bm25_select(ws, targets: list[str], budget: int, k1: float = 1.5, b: float = 0.75) -> list[int]:
+    """Okapi BM25 of every document against each target (the target's words as the query), averaged
+    over targets after dividing by each target's best score."""
+    from sklearn.feature_extraction.text import CountVectorizer
+
+    from ..corpus import load_documents
+
+    docs = load_documents(ws, CORPUS, ["doc_id", "text"])
+    vec = CountVectorizer(token_pattern=r"(?u)\b\w+\b").fit(docs["text"])
+    tf = vec.transform(docs["text"]).tocsc().astype(np.float64)  # (N, V)
+    n = tf.shape[0]
+    dl = np.asarray(tf.sum(axis=1)).ravel()
+    df = np.diff(tf.indptr)
+    idf = np.log(1 + (n - df + 0.5) / (df + 0.5))
+    tf = tf.tocoo()
+    denom = tf.data + k1 * (1 - b + b * dl[tf.row] / dl.mean())
+    from scipy.sparse import csr_matrix
+
+    weights = csr_matrix((tf.data * (k1 + 1) / denom * idf[tf.col], (tf.row, tf.col)), shape=tf.shape)
+    q = (vec.transform(targets) > 0).astype(np.float64)  # (Q, V) query terms
+    scores = np.asarray((weights @ q.T).todense())  # (N, Q)
+    scores = scores / np.maximum(scores.max(axis=0, keepdims=True), 1e-12)
+    s = scores.mean(axis=1)
     return docs["doc_id"].to_numpy()[np.argsort(-s, kind="stable")[:budget]].tolist()
 
 
@@ -349,6 +375,8 @@ def run_selection_bench(out_dir, cfg: AuditBenchConfig | None = None, scfg: Sele
             selections[method] = df[df["decision"] == "keep"]["doc_id"].astype(int).tolist()
         elif method == "tfidf":
             selections[method] = _tfidf_select(ws, targets, scfg.budget)
+        elif method == "bm25":
+            selections[method] = _bm25_select(ws, targets, scfg.budget)
         else:
             all_ids = load_documents(ws, CORPUS, ["doc_id"])["doc_id"].to_numpy()
             selections[method] = np.random.default_rng(1234).choice(all_ids, scfg.budget, replace=False).tolist()
