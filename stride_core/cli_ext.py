@@ -25,6 +25,10 @@ from .bench.plot import register as _register_plot_bench  # noqa: E402  `stride 
 
 BENCH_REGISTRATIONS.append(_register_plot_bench)
 
+from .bench.counterfactual import register as _register_cf_bench  # noqa: E402  `stride bench counterfactual`
+
+BENCH_REGISTRATIONS.append(_register_cf_bench)
+
 from .bench.scale import register as _register_scale_bench  # noqa: E402  `stride bench scale`
 
 BENCH_REGISTRATIONS.append(_register_scale_bench)

@@ -284,6 +284,7 @@ def kronfluence_scores(ctx, batch_size: int = 64, seed: int = 0):
     with torch.random.fork_rng(devices=cuda), tempfile.TemporaryDirectory(prefix="stride-kronfluence-") as tmp:
         torch.manual_seed(seed)
         analyzer = Analyzer(analysis_name="stride_bench", model=model, task=task, cpu=cpu, disable_tqdm=True,
+                            log_level=logging.WARNING,
                             output_dir=tmp, disable_model_save=True)
         t0 = time.perf_counter()
         analyzer.fit_all_factors(factors_name="ekfac", dataset=train, per_device_batch_size=batch_size,
