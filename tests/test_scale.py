@@ -91,3 +91,27 @@ def test_bench_scale_is_a_stride_bench_action(tmp_path):
 
     args = build_parser().parse_args(["bench", "scale", "--out", str(tmp_path), "--sizes", "100,200", "--K", "8"])
     assert args.func.__name__ == "cmd_bench_scale" and args.sizes == "100,200" and args.K == 8
+
+
+def test_recovery_through_the_design_equals_dense_and_sparse_matrices(monkeypatch):
+    import stride_core.recovery as r
+    from stride_core.recovery import LassoRecovery
+    from stride_core.subsets import SubsetDesign
+
+    design = SubsetDesign.random(np.arange(400), 60, 4, seed=1)
+    y = np.random.default_rng(2).standard_normal((5, 60)).astype(np.float32)
+    for kw in (dict(), dict(alpha=0.5), dict(positive=True)):
+        a = LassoRecovery(**kw).fit(design, y)  # member-list (gather / scatter-add) operator
+        b = LassoRecovery(**kw).fit(design.dense(), y)  # dense M
+        assert a.alpha_ratio_ == b.alpha_ratio_
+        assert np.allclose(a.influence_, b.influence_, atol=2e-4) and np.allclose(a.intercept_, b.intercept_, atol=2e-4)  # solver tol 1e-4
+        errs = LassoRecovery(**kw).validation_errors(design, y)
+        assert np.allclose(list(errs.values()), list(LassoRecovery(**kw).validation_errors(design.dense(), y).values()), rtol=1e-4)
+    monkeypatch.setattr(r._Operator, "DENSE_LIMIT", 0)  # torch sparse kernels
+    c = LassoRecovery().fit(design.dense(), y)
+    assert np.allclose(LassoRecovery().fit(design, y).influence_, c.influence_, atol=2e-4)
+    with pytest.raises(StrideError, match="columns"):
+        LassoRecovery().validation_errors(design, y[:, :50])
+    # one query at a time gives the batch's answers (per-query convergence)
+    one = np.concatenate([LassoRecovery(alpha_ratio=0.05).fit(design, y[i:i + 1]).influence_ for i in range(5)])
+    assert np.allclose(one, LassoRecovery(alpha_ratio=0.05).fit(design, y).influence_, atol=1e-5)
