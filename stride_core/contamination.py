@@ -232,12 +232,12 @@ def _audit_contamination(ws, run, benchmark, args, out, items, rdir, config, inf
     # 1. overlap scan (streamed) + lexical similarity --------------------------------------------
     rep.stage("contamination: overlap", f"{len(items)} items against corpus {config.corpus} ({info['n_docs']} documents)")
     index = NgramIndex(texts, args.ngram)
-    hits: dict[tuple[int, int], tuple[float, str]] = {}
+    hits: dict[int, dict[int, tuple[float, str]]] = {q: {} for q in range(len(items))}  # item -> doc_id -> (overlap, evidence)
 
     def scan(doc_id: int, text: str):
         for q, (c, a, b) in index.scan(text).items():
             if c >= args.min_overlap:
-                hits[(q, doc_id)] = (c, evidence_span(text, a, b))
+                hits[q][doc_id] = (c, evidence_span(text, a, b))
 
     if args.use_influence:
         opened = open_run(ws, run, _attr_args(args))
@@ -257,8 +257,8 @@ def _audit_contamination(ws, run, benchmark, args, out, items, rdir, config, inf
                 scan(int(d), t)
             n_seen += len(batch)
             rep.update(0.8 * n_seen / max(1, info["n_docs"]))
-        doc_ids = np.array(sorted({d for _, d in hits}), dtype=np.int64)
-        W = Z = np.zeros((len(items), len(doc_ids)), dtype=np.float32)
+        doc_ids = np.array(sorted({d for h in hits.values() for d in h}), dtype=np.int64)
+        W = Z = np.full((len(items), len(doc_ids)), np.nan, dtype=np.float32)  # not computed
         base = np.full(len(items), np.nan, dtype=np.float32)
         z_thr = float("inf")
     col = {int(d): i for i, d in enumerate(doc_ids)}
@@ -267,13 +267,13 @@ def _audit_contamination(ws, run, benchmark, args, out, items, rdir, config, inf
     rep.update(0.9, "combining evidence")
     rows = []
     for q, it in enumerate(items):
-        cand = {d for (qq, d) in hits if qq == q and d in col}
+        cand = {d for d in hits[q] if d in col}
         if args.use_influence:
             cand |= {int(doc_ids[j]) for j in np.flatnonzero(Z[q] >= z_thr / 2)}
         scored = []
         for d in cand:
             j = col[d]
-            ov = hits.get((q, d), (0.0, ""))[0]
+            ov = hits[q].get(d, (0.0, ""))[0]
             z = float(Z[q, j])
             comb = ov / args.overlap_threshold + (max(z, 0.0) / z_thr if args.use_influence else 0.0)
             scored.append((comb, d, j, ov, z))
@@ -282,7 +282,7 @@ def _audit_contamination(ws, run, benchmark, args, out, items, rdir, config, inf
         for comb, d, j, ov, z in keep:
             f_ov, f_inf = ov >= args.overlap_threshold, args.use_influence and z >= z_thr
             kind = "+".join(k for k, on in (("overlap", ov > 0), ("influence", args.use_influence and z >= z_thr / 2)) if on) or "none"
-            ev = hits.get((q, d), (0.0, ""))[1]
+            ev = hits[q].get(d, (0.0, ""))[1]
             rows.append({"item_id": it.item_id, "doc_id": d, "overlap_score": ov, "influence_score": float(W[q, j]),
                          "influence_z": z, "combined_score": comb, "leaked": comb >= 1.0, "flag_overlap": bool(f_ov),
                          "flag_influence": bool(f_inf), "evidence_kind": kind, "evidence": ev,
