@@ -243,7 +243,6 @@ def index(ws, run: str, config, comm: Comm, device: str, overwrite: bool = False
 
     main = comm.is_main
     show = progress and main
-    rdir = ws.run_dir(run)
     begun = comm.agree(lambda: begin_run(ws, run, config, device, overwrite) if main else None)
     rdir, info = comm.broadcast_object(begun)
     rep = Reporter(rdir if main else None, run)

@@ -83,22 +83,32 @@ class _TokenSampler:
         return self._token_in(torch.randint(0, self.N, shape, generator=self.g))
 
 
+def _read_all(a: np.ndarray) -> np.ndarray:
+    """A whole (memory-mapped) array into RAM in its storage dtype. A memmap is read with plain file
+    reads, so its pages are not also mapped into this process (RSS holds one copy, not two)."""
+    if isinstance(a, np.memmap) and a.filename is not None:
+        return np.fromfile(a.filename, dtype=a.dtype, count=a.size, offset=a.offset).reshape(a.shape)
+    return np.ascontiguousarray(a)
+
+
 class _Rows:
-    """Token rows of a FeatureCache as tensors (in RAM when it fits, else gathered from the memmap)."""
+    """Token rows of a FeatureCache as float32 tensors: held in RAM (or on the GPU) in the cache's
+    storage dtype (fp16 by default) when that takes at most `max_ram_bytes`, converted per gathered
+    batch (the same values as converting everything at once); else gathered from the memmap."""
 
     def __init__(self, cache, device, max_ram_bytes: float = 4e9):
         self.cache, self.device = cache, device
-        nbytes = cache.n_tokens * (cache.h.shape[1] + cache.z.shape[1]) * 4
+        nbytes = cache.n_tokens * (cache.h.shape[1] * cache.h.dtype.itemsize + cache.z.shape[1] * cache.z.dtype.itemsize)
         self.in_ram = nbytes <= max_ram_bytes
         if self.in_ram:
-            self.h = torch.from_numpy(np.asarray(cache.h, dtype=np.float32)).to(device)
-            self.z = torch.from_numpy(np.asarray(cache.z, dtype=np.float32)).to(device)
+            self.h = torch.from_numpy(_read_all(cache.h)).to(device)
+            self.z = torch.from_numpy(_read_all(cache.z)).to(device)
             self.t = torch.from_numpy(np.array(cache.target)).to(device)
 
     def get(self, idx: torch.Tensor):
         if self.in_ram:
             i = idx.to(self.device)
-            return self.h[i], self.z[i], self.t[i]
+            return self.h[i].float(), self.z[i].float(), self.t[i]
         flat = idx.reshape(-1).numpy()
         r = self.cache.rows(flat, self.device)
         shp = tuple(idx.shape)

@@ -18,8 +18,9 @@ not depend on the weights):
               lambda) + top-k, and separately greedy generation of the continuation. Medians after
               one warm-up prompt.
 
-Peak memory is recorded per stage: host RSS of the process (absolute, which includes touched pages of
-the memory-mapped cache, and above the stage's start) and torch's peak allocated CUDA memory. Each
+Peak memory is recorded per stage: the process's anonymous resident memory (what it allocated itself:
+the bound that matters) and its full RSS (which also counts resident pages of the memory-mapped
+cache, reclaimable by the kernel), both absolute, and torch's peak allocated CUDA memory. Each
 size runs in a fresh process (spawn) unless `in_process`, so one size's memory does not leak into the
 next. `DIR/results.json` holds the arguments, the machine and one row per size; a table is printed.
 """
@@ -123,29 +124,72 @@ def _synthetic_chunks(N: int, args: ScaleArgs, chunk: int = 65_536):
         yield lengths, rng.integers(1, args.vocab_size, int(lengths.sum()), dtype=np.int32)
 
 
+def _proc_mem_mb() -> tuple[float, float]:
+    """(RSS, anonymous RSS) of this process in MB. Anonymous memory is what the process itself
+    allocated; RSS also counts resident pages of memory-mapped files (the activation cache), which the
+    kernel can drop. Falls back to ru_maxrss for both where /proc is missing."""
+    try:
+        vals = {}
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(("VmRSS:", "RssAnon:")):
+                    key, kb = line.split()[:2]
+                    vals[key] = int(kb) / 1024
+        return vals["VmRSS:"], vals.get("RssAnon:", vals["VmRSS:"])
+    except (OSError, KeyError, ValueError):
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return peak, peak
+
+
 class _Stage:
-    """Times a block and records its peak host / GPU memory into `row["stages"][name]`."""
+    """Times a block and records its peak host memory (RSS and anonymous RSS, sampled every 10 ms)
+    and torch's peak allocated CUDA memory into `row["stages"][name]`."""
 
     def __init__(self, row: dict, name: str, device: str):
         self.row, self.name, self.device = row, name, device
 
-    def __enter__(self):
-        from .harness import PeakMemory
+    def _sample(self):
+        while not self._stop.wait(0.01):
+            self._update()
 
-        self.mem = PeakMemory(self.device).__enter__()
+    def _update(self):
+        rss, anon = _proc_mem_mb()
+        self.peak_rss, self.peak_anon = max(self.peak_rss, rss), max(self.peak_anon, anon)
+
+    def __enter__(self):
+        import threading
+
+        self.cuda = str(self.device).startswith("cuda")
+        if self.cuda:
+            import torch
+
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        self.start_rss, self.start_anon = _proc_mem_mb()
+        self.peak_rss, self.peak_anon = self.start_rss, self.start_anon
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
         self.t0 = time.perf_counter()
         return self
 
     def __exit__(self, *exc):
-        if str(self.device).startswith("cuda"):
+        gpu = 0.0
+        if self.cuda:
             import torch
 
             torch.cuda.synchronize()
+            gpu = torch.cuda.max_memory_allocated() / 2**20
         seconds = time.perf_counter() - self.t0
-        self.mem.__exit__(*exc)
-        self.row["stages"][self.name] = {"seconds": round(seconds, 4), "peak_host_rss_mb": round(self.mem.host_rss_mb, 1),
-                                         "peak_host_above_start_mb": round(self.mem.host_mb, 1),
-                                         "peak_gpu_mb": round(self.mem.gpu_mb, 1)}
+        self._stop.set()
+        self._thread.join()
+        self._update()
+        self.row["stages"][self.name] = {"seconds": round(seconds, 4), "peak_rss_mb": round(self.peak_rss, 1),
+                                         "peak_anon_mb": round(self.peak_anon, 1),
+                                         "anon_above_start_mb": round(self.peak_anon - self.start_anon, 1),
+                                         "peak_gpu_mb": round(gpu, 1)}
         logger.info("N=%d %s: %.2fs", self.row["n_docs"], self.name, seconds)
         return False
 
@@ -257,7 +301,8 @@ def run_size(N: int, args: ScaleArgs, work: Path) -> dict:
         prompt_s=round(med["prompt"], 4), recovery_s=round(med["recovery"], 4), measure_s=round(med["measure"], 4),
         query_features_s=round(med["features"], 4), generate_s=round(med["generate"], 4),
         prompt_with_generation_s=round(med["prompt"] + med["generate"], 4),
-        peak_host_rss_mb=max(s["peak_host_rss_mb"] for s in st.values()),
+        peak_rss_mb=max(s["peak_rss_mb"] for s in st.values()),
+        peak_anon_mb=max(s["peak_anon_mb"] for s in st.values()),
         peak_gpu_mb=max(s["peak_gpu_mb"] for s in st.values()),
     )
     if not args.keep:
@@ -281,7 +326,8 @@ def machine(device: str) -> dict:
 
 COLUMNS = [("n_docs", "docs"), ("n_tokens", "tokens"), ("floor_tokens_per_s", "floor tok/s"), ("cache_tokens_per_s", "cache tok/s"),
            ("cache_vs_floor", "cache/floor"), ("operator_train_s", "operators s"), ("prompt_s", "prompt s"),
-           ("recovery_s", "recovery s"), ("generate_s", "generate s"), ("peak_host_rss_mb", "host MB"), ("peak_gpu_mb", "GPU MB")]
+           ("recovery_s", "recovery s"), ("generate_s", "generate s"), ("peak_anon_mb", "host anon MB"),
+           ("peak_rss_mb", "host RSS MB"), ("peak_gpu_mb", "GPU MB")]
 
 
 def format_table(rows: list[dict]) -> str:
