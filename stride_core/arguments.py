@@ -46,15 +46,24 @@ class CacheArgs(_Args):
 
 @dataclass
 class SubsetArgs(_Args):
-    """K subsets, S subsets per document, seed."""
+    """K subsets, S subsets per document, seed; `designs` independent designs, each with its own
+    operators, whose recovered scores are averaged (variance reduction at `designs` x the operator cost)."""
 
     K: int = 1000
     S: int = 10
     seed: int = 0
+    designs: int = 1
 
     def __post_init__(self):
         _check(self.K >= 2, "K must be >= 2")
         _check(1 <= self.S <= self.K, "S must be in 1..K")
+        _check(1 <= self.designs <= 16, "designs must be in 1..16")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        if d["designs"] == 1:  # runs indexed before `designs` existed keep matching their args.json
+            d.pop("designs")
+        return d
 
 
 @dataclass

@@ -114,7 +114,7 @@ def _config_from_args(args):
     from .pipeline import make_config
 
     overrides = {}
-    for stage, names in (("cache", ("layer", "max_tokens")), ("subsets", ("K", "S", "seed")),
+    for stage, names in (("cache", ("layer", "max_tokens")), ("subsets", ("K", "S", "seed", "designs")),
                          ("operators", ("R", "steps", "lr", "fidelity_weight", "stability_weight", "linearity_weight", "temperature"))):
         for n in names:
             v = getattr(args, n, None)
@@ -176,6 +176,8 @@ def _add_index_args(x):
     x.add_argument("--K", type=int, default=None, help="number of subsets")
     x.add_argument("--S", type=int, default=None, help="subsets per document")
     x.add_argument("--seed", type=int, default=None)
+    x.add_argument("--designs", type=int, default=None,
+                   help="independent subset designs whose scores are averaged (default 1; cost x designs)")
     x.add_argument("--R", type=int, default=None, help="rank of the shared basis")
     x.add_argument("--steps", type=int, default=None, help="operator training steps")
     x.add_argument("--lr", type=float, default=None)

@@ -241,6 +241,8 @@ def index(ws, run: str, config, comm: Comm, device: str, overwrite: bool = False
     from .progress import Reporter
     from .tokens import TokenizeArgs, TokenStore, begin_tokens, finish_tokens, tokenize_part
 
+    if config.subsets.designs > 1:
+        raise StrideError("--designs > 1 is not supported under torchrun yet: index with `stride index` (one process)")
     main = comm.is_main
     show = progress and main
     begun = comm.agree(lambda: begin_run(ws, run, config, device, overwrite) if main else None)
@@ -388,6 +390,9 @@ def attribute(ws, run: str, prompts, comm: Comm, args=None, out=None, progress: 
     if not prompts:
         raise InputError("no prompts given")
     opened = comm.agree(open_run, ws, run, args)
+    if opened.config.subsets.designs > 1:
+        raise StrideError(f"run {run!r} has {opened.config.subsets.designs} designs, not supported under torchrun yet: "
+                          "use `stride attribute` (one process)")
     rdir, config, task, cache, est = opened.rdir, opened.config, opened.task, opened.cache, opened.estimator
     rep = Reporter(rdir if main else None, run)
     try:

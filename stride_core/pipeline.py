@@ -161,7 +161,7 @@ def ensure_design(rdir: Path, config: IndexConfig, doc_ids: np.ndarray):
     sub_path = rdir / "subsets.safetensors"
     if sub_path.exists():
         return SubsetDesign.load(sub_path, doc_ids)
-    design = SubsetDesign.random(doc_ids, config.subsets.K, config.subsets.S, config.subsets.seed)
+    design = SubsetDesign.stacked(doc_ids, config.subsets.K, config.subsets.S, config.subsets.seed, config.subsets.designs)
     _atomic_save(design.save, sub_path)
     return design
 
@@ -195,7 +195,8 @@ def index(ws, run: str, config: IndexConfig, device: str = "auto", overwrite: bo
     # 3. operators + reference ------------------------------------------------------------
     op_path = rdir / "operators.safetensors"
     if not op_path.exists():
-        rep.stage("train operators", f"K={design.K} subsets, R={config.operators.R}, {config.operators.steps} steps")
+        rep.stage("train operators", f"K={config.subsets.K} subsets x {config.subsets.designs} design(s), R={config.operators.R}, "
+                                     f"{config.operators.steps} steps")
         est = StrideEstimator(task.head, config.subsets, config.operators, device=dev, progress=progress)
         est.fit(cache, design=design, on_progress=lambda f, **m: rep.update(f, **m))
         _atomic_save(est.save, op_path)

@@ -44,6 +44,25 @@ class SubsetDesign:
         members.sort(axis=1)
         return cls(members=members, K=K, doc_ids=np.asarray(doc_ids, dtype=np.int64))
 
+    @classmethod
+    def stacked(cls, doc_ids, K: int, S: int, seed: int = 0, designs: int = 1) -> "SubsetDesign":
+        """`designs` independent random designs (seeds seed, seed+1, ...) side by side: K_total = designs*K
+        subsets, design e owning subsets [e*K, (e+1)*K) and columns [e*S, (e+1)*S) of `members`."""
+        parts = [cls.random(doc_ids, K, S, seed + e) for e in range(designs)]
+        if designs == 1:
+            return parts[0]
+        members = np.concatenate([p.members + e * K for e, p in enumerate(parts)], axis=1)
+        return cls(members=members, K=designs * K, doc_ids=parts[0].doc_ids)
+
+    def split(self, designs: int) -> list["SubsetDesign"]:
+        """The independent designs of a stacked design (inverse of `stacked`)."""
+        if designs == 1:
+            return [self]
+        if self.K % designs or self.S % designs:
+            raise RunError(f"a design of K={self.K}, S={self.S} cannot be split into {designs} designs")
+        K, S = self.K // designs, self.S // designs
+        return [SubsetDesign(members=self.members[:, e * S:(e + 1) * S] - e * K, K=K, doc_ids=self.doc_ids) for e in range(designs)]
+
     def csr(self) -> tuple[np.ndarray, np.ndarray]:
         """Subset -> documents: (indptr (K+1,), doc indices) sorted by subset."""
         sub = self.members.reshape(-1)

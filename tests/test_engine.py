@@ -154,3 +154,45 @@ def test_classifier_task_on_plain_module():
     x = torch.randn(5, 4)
     feats = task.features([(x[i], i % 3) for i in range(5)])
     assert feats[0]["h"].shape == (1, 8) and torch.allclose(torch.cat([f["z"] for f in feats]), net(x), atol=1e-6)
+
+
+def test_designs_ensemble_fits_saves_loads_and_averages(tmp_path):
+    from dataclasses import replace
+
+    from stride_core.arguments import OperatorArgs, SubsetArgs
+    from stride_core.estimator import StrideEstimator
+    from stride_core.subsets import SubsetDesign
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    task = ClassifierTask(net, "1", n_classes=4)
+    X = torch.randn(60, 6)
+    train = features_in_memory(task, [(X[i], i % 4) for i in range(60)])
+    queries = features_in_memory(task, [(X[i], i % 4) for i in range(5)])
+    ops_args = OperatorArgs(R=4, steps=5, tokens_per_subset=2, stability_tokens=2, n_reference=8)
+    sub = SubsetArgs(K=12, S=3, designs=3)
+    est = StrideEstimator(task.head, sub, ops_args).fit(train)
+    assert est.design_.K == 36 and est.design_.S == 9 and len(est.members_) == 3
+    # each design is the one-design estimator with seeds + e, and scores are the mean of their recoveries
+    single = [StrideEstimator(task.head, replace(sub, designs=1, seed=e), replace(ops_args, seed=e)).fit(train) for e in range(3)]
+    for e, s in enumerate(single):
+        np.testing.assert_array_equal(est.members_[e].design.members, s.design_.members)
+    expected = np.mean([s.scores(queries) for s in single], axis=0)
+    np.testing.assert_allclose(est.scores(queries), expected, atol=1e-6)
+    y, _ = est.measure(queries)
+    assert y.shape == (5, 36)
+    # save / load round trip (stacked design in subsets.safetensors, designs prefixed in one file)
+    est.save(tmp_path / "ops.safetensors")
+    est.design_.save(tmp_path / "subsets.safetensors")
+    design = SubsetDesign.load(tmp_path / "subsets.safetensors", train.doc_ids)
+    loaded = StrideEstimator(task.head, sub, ops_args).load(tmp_path / "ops.safetensors", design)
+    np.testing.assert_allclose(loaded.scores(queries), est.scores(queries), atol=1e-6)
+    np.testing.assert_allclose(loaded.reference_, est.reference_)
+    # one design keeps the plain file layout and args.json without a `designs` key
+    single[0].save(tmp_path / "one.safetensors")
+    from safetensors.torch import load_file
+
+    assert not any(k.startswith("d1.") for k in load_file(str(tmp_path / "one.safetensors")))
+    assert "designs" not in SubsetArgs().to_dict() and SubsetArgs(designs=2).to_dict()["designs"] == 2
+    with pytest.raises(StrideError):
+        SubsetArgs(designs=0)

@@ -132,3 +132,23 @@ def test_cli_run_and_errors(small, tmp_path):
     (tmp_path / "e.txt").write_text("")
     res = subprocess.run(base + ["attribute", "--run", "r1", "--prompts", str(tmp_path / "e.txt")], capture_output=True, text=True, timeout=600)
     assert res.returncode == 2 and res.stderr.startswith("error:") and "Traceback" not in res.stderr
+
+
+def test_designs_run_through_the_cli(small, tmp_path):
+    """`--designs 2`: one stacked subsets file, both designs' operators in one file, attribution works."""
+    from stride_core import cli
+
+    ws, model_dir, _ = small
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("The json module\n")
+    rc = cli.main(["--workspace", str(ws.root), "--no-progress", "run", "--corpus", "small", "--model", str(model_dir),
+                   "--run", "ens", "--preset", "ci", "--K", "20", "--steps", "10", "--designs", "2", "--prompts", str(prompts),
+                   "--top-k", "3", "--max-new-tokens", "4", "--device", "cpu"])
+    assert rc == 0
+    args = json.loads((ws.run_dir("ens") / "args.json").read_text())
+    assert args["index"]["subsets"]["designs"] == 2
+    from safetensors.torch import load_file
+
+    keys = load_file(str(ws.run_dir("ens") / "operators.safetensors")).keys()
+    assert "shape" in keys and "d1.shape" in keys
+    assert len(pd.read_parquet(ws.run_dir("ens") / "attributions.parquet")) > 0

@@ -80,7 +80,7 @@ def stride_lm(ctx, **over):
 def _merge(base: dict, over: dict) -> dict:
     cfg = dict(base)
     for k, v in over.items():
-        if k in ("K", "S"):
+        if k in ("K", "S", "designs"):
             cfg["subsets"] = replace(cfg["subsets"], **{k: v})
         elif k == "design_seed":  # the subset design's seed (operators.seed is "seed")
             cfg["subsets"] = replace(cfg["subsets"], seed=v)
