@@ -129,7 +129,16 @@ def test_peer_self_influence_tiny_lm(name, lm_self_ctx):
 
 
 @pytest.mark.skipif(not _installed("kronfluence"), reason="kronfluence not installed")
-def test_kronfluence_is_reproducible(digits_self_ctx):
-    a, _ = peers.kronfluence_scores(digits_self_ctx)
-    b, _ = peers.kronfluence_scores(digits_self_ctx)
+def test_kronfluence_is_reproducible_and_leaves_logging_alone(digits_self_ctx):
+    import logging
+
+    root = logging.getLogger()
+    before = root.level
+    root.setLevel(logging.DEBUG)
+    try:
+        a, _ = peers.kronfluence_scores(digits_self_ctx)
+        assert root.level == logging.DEBUG  # kronfluence sets the root level when given a log_level
+        b, _ = peers.kronfluence_scores(digits_self_ctx)
+    finally:
+        root.setLevel(before)
     assert np.array_equal(a, b)  # the sampled Fisher labels are seeded

@@ -281,24 +281,36 @@ def kronfluence_scores(ctx, batch_size: int = 64, seed: int = 0):
 
     model = prepare_model(model, task)
     cuda = [] if cpu else [torch.device(ctx.device).index or 0]
-    with torch.random.fork_rng(devices=cuda), tempfile.TemporaryDirectory(prefix="stride-kronfluence-") as tmp:
-        torch.manual_seed(seed)
-        analyzer = Analyzer(analysis_name="stride_bench", model=model, task=task, cpu=cpu, disable_tqdm=True,
-                            log_level=logging.WARNING,
-                            output_dir=tmp, disable_model_save=True)
-        t0 = time.perf_counter()
-        analyzer.fit_all_factors(factors_name="ekfac", dataset=train, per_device_batch_size=batch_size,
-                                 factor_args=FactorArguments(strategy="ekfac"), overwrite_output_dir=True)
-        t1 = time.perf_counter()
-        analyzer.compute_pairwise_scores(scores_name="pairwise", factors_name="ekfac", query_dataset=query,
-                                         train_dataset=train, per_device_query_batch_size=len(query),
-                                         per_device_train_batch_size=batch_size, score_args=ScoreArguments(),
-                                         overwrite_output_dir=True)
-        s = analyzer.load_pairwise_scores(scores_name="pairwise")["all_modules"].double().cpu().numpy()
-        t2 = time.perf_counter()
+    # kronfluence sets the *root* logger to its log_level when given one (default INFO); pass None and
+    # quieten only its own loggers for the duration of the call
+    kf_logger = logging.getLogger("kronfluence")
+    kf_level = kf_logger.level
+    kf_logger.setLevel(logging.WARNING)
+    try:
+        with torch.random.fork_rng(devices=cuda), tempfile.TemporaryDirectory(prefix="stride-kronfluence-") as tmp:
+            torch.manual_seed(seed)
+            s, t0, t1, t2 = _kronfluence_run(Analyzer, FactorArguments, ScoreArguments, model, task, cpu, tmp, train,
+                                             query, batch_size)
+    finally:
+        kf_logger.setLevel(kf_level)
     if owner is not None:
         s = _sum_windows(s, owner, ctx.n_train)
     return s, _timing(t1 - t0, t2 - t1, strategy="ekfac", n_train_examples=len(train))
+
+
+def _kronfluence_run(Analyzer, FactorArguments, ScoreArguments, model, task, cpu, tmp, train, query, batch_size):
+    analyzer = Analyzer(analysis_name="stride_bench", model=model, task=task, cpu=cpu, disable_tqdm=True,
+                        log_level=None, output_dir=tmp, disable_model_save=True)
+    t0 = time.perf_counter()
+    analyzer.fit_all_factors(factors_name="ekfac", dataset=train, per_device_batch_size=batch_size,
+                             factor_args=FactorArguments(strategy="ekfac"), overwrite_output_dir=True)
+    t1 = time.perf_counter()
+    analyzer.compute_pairwise_scores(scores_name="pairwise", factors_name="ekfac", query_dataset=query,
+                                     train_dataset=train, per_device_query_batch_size=len(query),
+                                     per_device_train_batch_size=batch_size, score_args=ScoreArguments(),
+                                     overwrite_output_dir=True)
+    s = analyzer.load_pairwise_scores(scores_name="pairwise")["all_modules"].double().cpu().numpy()
+    return s, t0, t1, time.perf_counter()
 
 
 # ------------------------------------------------------------------------------------ dattri TRAK
