@@ -22,7 +22,7 @@ def _write(path, rows):
 
 def test_load_rows_groups_by_setting_and_later_files_win(tmp_path):
     a = _write(tmp_path / "a", [_row("digits-mlp", "random", 0.0, 0.0, 0.01), _row("digits-mlp", "stride", 0.3, 5, 6)])
-    b = _write(tmp_path / "b", [_row("digits-mlp", "stride", 0.35, 4, 4), _row("tiny-lm", "tfidf", 0.3, 0.5, 0.01)])
+    _write(tmp_path / "b", [_row("digits-mlp", "stride", 0.35, 4, 4), _row("tiny-lm", "tfidf", 0.3, 0.5, 0.01)])
     data = load_rows([a, tmp_path / "b"])  # a folder stands for its results.json
     assert sorted(data) == ["digits-mlp", "tiny-lm"]
     digits = {r["method"]: r for r in data["digits-mlp"]}
