@@ -13,7 +13,8 @@ def cmd_contamination(args):
     from .contamination import ContaminationArgs, audit_contamination
 
     cargs = ContaminationArgs(ngram=args.ngram, overlap_threshold=args.overlap_threshold, z_threshold=_z(args.z_threshold),
-                              use_influence=not args.no_influence, device=args.device)
+                              use_influence=not args.no_influence, influence_only_z=args.influence_only_z,
+                              device=args.device)
     pairs, items = audit_contamination(_ws(args), args.run, args.benchmark, cargs, out=args.out, progress=not args.no_progress)
     leaked = items[items["leaked"]]
     print(f"{len(leaked)} of {len(items)} items flagged as leaked; {int(pairs['leaked'].sum())} flagged (item, document) pairs")
@@ -48,6 +49,8 @@ def register(subparsers, common_parent):
     x.add_argument("--ngram", type=int, default=8, help="words per n-gram for the overlap score (default 8)")
     x.add_argument("--overlap-threshold", type=float, default=0.5, help="overlap that flags a pair alone (default 0.5)")
     x.add_argument("--z-threshold", default="auto", help="influence z that flags a pair alone (default auto: Bonferroni over N)")
+    x.add_argument("--influence-only-z", type=float, default=float("inf"),
+                   help="influence z that flags a document sharing no n-gram with the item (default: never)")
     x.add_argument("--no-influence", action="store_true", help="overlap only: do not load the model")
     x.add_argument("--device", default="auto", help="auto, cpu or cuda")
     x.set_defaults(func=cmd_contamination)

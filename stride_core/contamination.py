@@ -13,8 +13,11 @@ Two independent kinds of evidence per (item, document) pair:
   the document (loss units, as on the Influence page) is reported as influence_score.
 
 combined_score = overlap_score / overlap_threshold + max(influence_z, 0) / z_threshold; a pair is
-flagged (`leaked`) when combined_score >= 1: an exact copy alone, an extreme influence alone, or
-half of each. z_threshold "auto" is the Bonferroni bound for N documents at 5% per item.
+flagged (`leaked`) when combined_score >= 1 and it shares at least `min_overlap` of the item's
+n-grams (influence corroborates lexical evidence: a near copy with light edits is flagged, a document
+with no shared n-gram is not), or when influence_z >= influence_only_z (off by default: on the
+contamination benchmark the z statistic alone flagged 75% of clean items at the Bonferroni
+threshold, BENCHMARKS.md). z_threshold "auto" is the Bonferroni bound for N documents at 5% per item.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ class ContaminationArgs:
     z_threshold: float | str = "auto"
     use_influence: bool = True
     min_overlap: float = 0.1  # pairs below this overlap (and below half the z threshold) are not reported
+    influence_only_z: float = float("inf")  # z that flags a pair without shared n-grams (inf: never)
     max_pairs_per_item: int = 20  # reported pairs per item besides the flagged ones
     batch_docs: int = 2000
     max_items: int = 10_000
@@ -276,15 +280,16 @@ def _audit_contamination(ws, run, benchmark, args, out, items, rdir, config, inf
             ov = hits[q].get(d, (0.0, ""))[0]
             z = float(Z[q, j])
             comb = ov / args.overlap_threshold + (max(z, 0.0) / z_thr if args.use_influence else 0.0)
-            scored.append((comb, d, j, ov, z))
+            flag = (comb >= 1.0 and ov >= args.min_overlap) or (args.use_influence and z >= args.influence_only_z)
+            scored.append((comb, d, j, ov, z, flag))
         scored.sort(key=lambda r: (-r[0], r[1]))
-        keep = [r for r in scored if r[0] >= 1.0] + [r for r in scored if r[0] < 1.0][: args.max_pairs_per_item]
-        for comb, d, j, ov, z in keep:
+        keep = [r for r in scored if r[5]] + [r for r in scored if not r[5]][: args.max_pairs_per_item]
+        for comb, d, j, ov, z, flag in keep:
             f_ov, f_inf = ov >= args.overlap_threshold, args.use_influence and z >= z_thr
             kind = "+".join(k for k, on in (("overlap", ov > 0), ("influence", args.use_influence and z >= z_thr / 2)) if on) or "none"
             ev = hits[q].get(d, (0.0, ""))[1]
             rows.append({"item_id": it.item_id, "doc_id": d, "overlap_score": ov, "influence_score": float(W[q, j]),
-                         "influence_z": z, "combined_score": comb, "leaked": comb >= 1.0, "flag_overlap": bool(f_ov),
+                         "influence_z": z, "combined_score": comb, "leaked": bool(flag), "flag_overlap": bool(f_ov),
                          "flag_influence": bool(f_inf), "evidence_kind": kind, "evidence": ev,
                          "item_text": _snippet(it.text)})
     pairs = pd.DataFrame(rows, columns=PAIR_COLUMNS)

@@ -16,7 +16,8 @@ st.title("Contamination audit")
 st.caption("Were evaluation items (benchmark questions, test prompts) present in the training data? For each item "
            "the audit pairs it with training documents that **share long n-grams** with it (`overlap_score`) and/or "
            "**influence** the model on it more than their lexical similarity explains (`influence_z`, from STRIDE). "
-           "`combined_score` = overlap / overlap threshold + z / z threshold; a pair at 1 or above is flagged.")
+           "`combined_score` = overlap / overlap threshold + z / z threshold; a pair at 1 or above that shares "
+           "some n-grams with the item is flagged.")
 
 EXPLAIN = """The contamination audit has not been run for **{run}** yet. When it has, this page shows:
 
