@@ -153,10 +153,10 @@ def _robust_z(x: np.ndarray) -> np.ndarray:
 def memorisation_z(y: np.ndarray, members: np.ndarray, lexical: np.ndarray, chunk: int = 65536) -> np.ndarray:
     """(Q, N) influence z: matched-filter statistic mean_{k in subsets(j)} y_{q,k}, minus its linear fit on
     lexical similarity (per item), robust-standardised over documents. y (Q, K), members (N, S), lexical (Q, N)."""
-    Q, N = y.shape[0], members.shape[0]
-    m = np.empty((Q, N), dtype=np.float32)
-    for a in range(0, N, chunk):
-        m[:, a:a + chunk] = y[:, members[a:a + chunk]].mean(axis=-1)
+    from .selection import matched_scores
+
+    Q = y.shape[0]
+    m = matched_scores(y, members, chunk)  # per-item constant shifts cancel in the fit and the median below
     resid = np.empty_like(m)
     for q in range(Q):
         x = lexical[q].astype(np.float64)

@@ -146,7 +146,6 @@ def setup(args: DistArgs | None = None, device: str = "auto") -> tuple[Comm, str
     args = args or DistArgs()
     dev = resolve_device(device)
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if dev.startswith("cuda"):
         if dev == "cuda":
@@ -372,13 +371,9 @@ def attribute(ws, run: str, prompts, comm: Comm, args=None, out=None, progress: 
     """`pipeline.attribute` with the prompts split over the ranks of `comm` (all ranks call it with the
     same arguments). Rank 0 returns the ranked rows (a DataFrame, also written like pipeline.attribute
     writes them); the other ranks return None."""
-    import pandas as pd
-
     from .activations import features_in_memory
     from .arguments import AttributeArgs
-    from .corpus import corpus_info, load_documents
-    from .pipeline import (ATTRIBUTION_COLUMNS, _atomic_save, _generate, _store_attributions, open_run, read_prompts,
-                           write_table)
+    from .pipeline import _generate, open_run, read_prompts, write_attributions
     from .progress import Reporter
 
     args = args or AttributeArgs()
@@ -427,29 +422,8 @@ def attribute(ws, run: str, prompts, comm: Comm, args=None, out=None, progress: 
         if not main:
             return None
 
-        def write():
-            all_rows = [r for part, _ in gathered for r in part]
-            y_all = np.concatenate([part_y for _, part_y in gathered])
-            info = corpus_info(ws, config.corpus)
-            df = pd.DataFrame(all_rows, columns=ATTRIBUTION_COLUMNS[:-1] + ["query_loss"])
-            meta_cols = info["metadata_columns"]
-            if len(df):
-                docs = load_documents(ws, config.corpus, columns=["doc_id", "text", *meta_cols], doc_ids=sorted(set(df["doc_id"])))
-                docs["snippet"] = docs["text"].map(lambda t: " ".join(t.split())[:300])
-                df = df.merge(docs.drop(columns=["text"]), on="doc_id", how="left")
-            else:
-                df["snippet"] = pd.Series(dtype=str)
-                for c in meta_cols:
-                    df[c] = pd.Series(dtype=str)
-            df = df[ATTRIBUTION_COLUMNS + ["query_loss", *meta_cols]]
-            np.save(rdir / "last_measurements.npy", y_all)
-            _atomic_save(lambda p: df.to_parquet(p, index=False), rdir / "attributions.parquet")
-            if out is not None:
-                write_table(df, Path(out))
-            _store_attributions(ws, run, df)
-            return df
-
-        df = write()
+        all_rows = [r for part, _ in gathered for r in part]
+        df = write_attributions(ws, run, config, all_rows, np.concatenate([part_y for _, part_y in gathered]), out)
         rep.stage("attributed", f"{len(prompts)} prompts attributed on {comm.world} processes")
         rep.finish("done")
         return df

@@ -23,12 +23,7 @@ def read_items(path, what: str = "benchmark", max_items: int = 100_000, max_char
     non-UTF-8 or corrupt file, a missing/non-string text field, a duplicate item_id, more than
     `max_items` items or an item over `max_chars` characters."""
     p = Path(path)
-    if not p.is_file():
-        raise InputError(f"{p}: no such {what} file")
-    try:
-        raw = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{p}: not valid UTF-8 text (byte {exc.start}); re-encode the {what} file as UTF-8") from exc
+    raw = read_text_file(p, what)
     suffix = p.suffix.lower()
     items: list[Item] = []
     if suffix == ".jsonl":
@@ -66,6 +61,17 @@ def read_items(path, what: str = "benchmark", max_items: int = 100_000, max_char
     if dup:
         raise InputError(f"{p}: duplicate item_id values: {', '.join(sorted(set(dup))[:10])}")
     return items
+
+
+def read_text_file(path, what: str) -> str:
+    """A user's input file as text; InputError when it is missing or not UTF-8."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{p}: no such {what} file")
+    try:
+        return p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{p}: not valid UTF-8 text (byte {exc.start}); re-encode the {what} file as UTF-8") from exc
 
 
 def _check_size(p: Path, items: list[Item], max_items: int, max_chars: int, what: str):

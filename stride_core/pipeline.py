@@ -209,13 +209,10 @@ def index(ws, run: str, config: IndexConfig, device: str = "auto", overwrite: bo
 
 def read_prompts(path) -> list[dict]:
     """.txt (one prompt per line) or .jsonl (field `prompt`, optional `prompt_id`/`query_id`)."""
+    from .items import read_text_file
+
     p = Path(path)
-    if not p.exists():
-        raise InputError(f"{p}: no such prompts file")
-    try:
-        raw = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{p}: not valid UTF-8") from exc
+    raw = read_text_file(p, "prompts")
     out = []
     if p.suffix.lower() == ".jsonl":
         for i, line in enumerate(raw.splitlines(), 1):
@@ -347,8 +344,6 @@ def attribute(ws, run: str, prompts: list[dict] | str | Path, args: AttributeArg
               progress: bool = True, reporter: Reporter | None = None) -> pd.DataFrame:
     """Continuation + ranked helpful/harmful documents per prompt. Returns the rows (also written to
     runs/<run>/attributions.parquet, OUT when given, and the workspace DuckDB)."""
-    from .corpus import corpus_info, load_documents
-
     args = args or AttributeArgs()
     if out is not None and Path(out).suffix.lower() not in (".parquet", ".jsonl", ".csv"):
         raise InputError(f"--out {out}: use a .parquet, .jsonl or .csv file name")
@@ -368,7 +363,6 @@ def attribute(ws, run: str, prompts: list[dict] | str | Path, args: AttributeArg
         else:  # no continuation: attribute the prompt's own tokens
             items.append((g["prompt_ids"], 0))
     W, y, base = opened.influence(items)  # (Q, N), (Q, K), (Q,)
-    info = corpus_info(ws, config.corpus)
     k = min(args.top_k, W.shape[1])
     rows = []
     for qi, g in enumerate(gens):
@@ -380,8 +374,21 @@ def attribute(ws, run: str, prompts: list[dict] | str | Path, args: AttributeArg
                     break  # only documents with a non-zero recovered effect in that direction
                 rows.append({"query_id": g["query_id"], "prompt": g["prompt"], "continuation": g["continuation"], "direction": direction,
                              "rank": rank, "doc_id": int(cache.doc_ids[j]), "score": s, "query_loss": float(base[qi])})
+    df = write_attributions(ws, run, config, rows, y, out)
+    rep.stage("attributed", f"{len(prompts)} prompts attributed")
+    if reporter is None:
+        rep.finish("done")
+    return df
+
+
+def write_attributions(ws, run: str, config: IndexConfig, rows: list[dict], y: np.ndarray, out=None) -> pd.DataFrame:
+    """Ranked rows -> the attributions table (document metadata and snippet joined), written to
+    runs/<run>/attributions.parquet, OUT when given and the workspace DuckDB; y (Q, K) is kept beside it."""
+    from .corpus import corpus_info, load_documents
+
+    rdir = ws.run_dir(run)
     df = pd.DataFrame(rows, columns=ATTRIBUTION_COLUMNS[:-1] + ["query_loss"])
-    meta_cols = info["metadata_columns"]
+    meta_cols = corpus_info(ws, config.corpus)["metadata_columns"]
     if len(df):
         docs = load_documents(ws, config.corpus, columns=["doc_id", "text", *meta_cols], doc_ids=sorted(set(df["doc_id"])))
         docs["snippet"] = docs["text"].map(lambda t: " ".join(t.split())[:300])
@@ -391,15 +398,11 @@ def attribute(ws, run: str, prompts: list[dict] | str | Path, args: AttributeArg
         for c in meta_cols:
             df[c] = pd.Series(dtype=str)
     df = df[ATTRIBUTION_COLUMNS + ["query_loss", *meta_cols]]
-    # Per-query measurements and the lambda used, for auditability.
-    np.save(rdir / "last_measurements.npy", y)
+    np.save(rdir / "last_measurements.npy", y)  # per-query measurements, for auditability
     _atomic_save(lambda p: df.to_parquet(p, index=False), rdir / "attributions.parquet")
     if out is not None:
         write_table(df, Path(out))
     _store_attributions(ws, run, df)
-    rep.stage("attributed", f"{len(prompts)} prompts attributed")
-    if reporter is None:
-        rep.finish("done")
     return df
 
 

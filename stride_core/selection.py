@@ -117,18 +117,17 @@ def audit_select(ws, run: str, target, args: SelectionArgs, out=None, progress: 
         raise InputError(f"budget {args.budget} is larger than corpus {config.corpus!r} ({n_docs} documents)")
     rep = reporter or Reporter(rdir, run, filename=AUDIT_STATUS_FILE)
     if reporter is not None:
-        return _audit_select(ws, run, target, args, out, targets, rdir, config, rep)
+        return _audit_select(ws, run, target, args, out, targets, rdir, config, info, rep)
     with rep.finishing():
-        return _audit_select(ws, run, target, args, out, targets, rdir, config, rep)
+        return _audit_select(ws, run, target, args, out, targets, rdir, config, info, rep)
 
 
-def _audit_select(ws, run, target, args, out, targets, rdir, config, rep):
+def _audit_select(ws, run, target, args, out, targets, rdir, config, info, rep):
     from .arguments import AttributeArgs
-    from .corpus import corpus_info, load_documents
+    from .corpus import load_documents
     from .pipeline import _atomic_save, open_run, write_table
     from .workspace import replace_run_rows
 
-    info = corpus_info(ws, config.corpus)
     t0 = time.time()
     rep.stage("selection: influence", f"{len(targets)} target examples")
 
