@@ -109,6 +109,7 @@ class AttributeArgs(_Args):
     max_new_tokens: int = 32
     alpha: float | str = "auto"
     alpha_ratio: float | None = None
+    lambda_rule: str = "1se"  # how alpha="auto" picks lambda from validation: "1se" (sparsest within one SE) or "min"
     positive: bool = False
     center: bool = False  # subtract the reference documents' mean y; measured to lower LDS on both benchmarks
     device: str = "auto"
@@ -116,6 +117,7 @@ class AttributeArgs(_Args):
     def __post_init__(self):
         _check(self.top_k >= 1, "top_k must be >= 1")
         _check(0 <= self.max_new_tokens <= 512, "max_new_tokens must be in 0..512")
+        _check(self.lambda_rule in ("1se", "min"), "lambda_rule must be '1se' or 'min'")
         _check(self.alpha == "auto" or (isinstance(self.alpha, (int, float)) and self.alpha >= 0), "alpha must be 'auto' or >= 0")
 
 

@@ -128,7 +128,8 @@ def _attr_args(args):
     from .arguments import AttributeArgs
 
     alpha = args.alpha if args.alpha == "auto" else float(args.alpha)
-    return AttributeArgs(top_k=args.top_k, max_new_tokens=args.max_new_tokens, alpha=alpha, positive=args.positive, device=args.device)
+    return AttributeArgs(top_k=args.top_k, max_new_tokens=args.max_new_tokens, alpha=alpha, positive=args.positive, device=args.device,
+                         lambda_rule=args.lambda_rule)
 
 
 def cmd_index(args):
@@ -192,6 +193,9 @@ def _add_attr_args(x, with_device=True):
     x.add_argument("--top-k", dest="top_k", type=int, default=50)
     x.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, default=32, help="greedy continuation length")
     x.add_argument("--alpha", default="auto", help="Lasso lambda, or 'auto' (held-out subset validation)")
+    x.add_argument("--lambda-rule", dest="lambda_rule", choices=["1se", "min"], default="1se",
+                   help="with --alpha auto: the sparsest lambda within one standard error of the best held-out error "
+                        "(1se, default) or the best one (min)")
     x.add_argument("--positive", action="store_true", help="non-negative Lasso (helpful documents only)")
     x.add_argument("--out", default=None, help="output file (.parquet, .jsonl or .csv)")
     if with_device:

@@ -336,7 +336,7 @@ def recover_top(est, y: np.ndarray, top_k: int, query_batch: int, ratio: float |
 
     out = []
     for s in range(0, len(y), query_batch):
-        rec = LassoRecovery(alpha=est.alpha, alpha_ratio=ratio if ratio is not None else est.alpha_ratio,
+        rec = LassoRecovery(alpha=est.alpha, alpha_ratio=ratio if ratio is not None else est.alpha_ratio, rule=est.lambda_rule,
                             positive=est.positive, device=est.device).fit(est.design_, y[s:s + query_batch])
         W = rec.influence_
         for wq in W:
@@ -353,17 +353,17 @@ def choose_ratio(est, y: np.ndarray, comm: Comm, query_batch: int) -> float | No
 
     if est.alpha != "auto" or est.alpha_ratio is not None:
         return None
-    lr = LassoRecovery(alpha="auto", positive=est.positive, device=est.device)
-    local: dict[float, float] = {r: 0.0 for r in lr.ratios}
+    lr = LassoRecovery(alpha="auto", positive=est.positive, device=est.device, rule=getattr(est, "lambda_rule", "1se"))
+    local: dict[float, np.ndarray] = {}
     for s in range(0, len(y), query_batch):
         for r, e in lr.validation_errors(est.design_, y[s:s + query_batch]).items():
-            local[r] += e
-    total = {r: 0.0 for r in lr.ratios}
+            local[r] = local.get(r, 0.0) + e  # (n_val,) per held-out subset
+    total: dict[float, np.ndarray] = {}
     for part in comm.all_gather_object(local):
         for r, e in part.items():
-            total[r] += e
-    best = LassoRecovery.best_ratio(total)
-    logger.debug("lambda ratio validation errors over all queries: %s -> %s", total, best)
+            total[r] = total.get(r, 0.0) + e
+    best = LassoRecovery.best_ratio(total, lr.rule)
+    logger.debug("lambda ratio validation errors over all queries: %s -> %s", {r: float(np.sum(e)) for r, e in total.items()}, best)
     return best
 
 

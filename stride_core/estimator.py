@@ -30,6 +30,7 @@ class StrideEstimator:
     center: bool = False
     alpha: float | str = "auto"
     alpha_ratio: float | None = None
+    lambda_rule: str = "1se"  # LassoRecovery.rule: "1se" (default) or "min"
     positive: bool = False
     device: str = "cpu"
     progress: bool = False
@@ -108,7 +109,7 @@ class StrideEstimator:
         fits = []
         for e, m in enumerate(self._members()):
             K = m.design.K
-            fits.append(LassoRecovery(alpha=self.alpha, alpha_ratio=self.alpha_ratio, positive=self.positive,
+            fits.append(LassoRecovery(alpha=self.alpha, alpha_ratio=self.alpha_ratio, rule=self.lambda_rule, positive=self.positive,
                                       device=self.device).fit(m.design, y[:, e * K:(e + 1) * K]))
         return fits[0] if len(fits) == 1 else _EnsembleRecovery(fits)
 

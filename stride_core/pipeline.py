@@ -336,7 +336,7 @@ def open_run(ws, run: str, args: AttributeArgs | None = None) -> OpenRun:
     cache = FeatureCache.open(rdir / "cache")
     design = SubsetDesign.load(rdir / "subsets.safetensors", cache.doc_ids)
     est = StrideEstimator(task.head, config.subsets, config.operators, center=args.center, alpha=args.alpha,
-                          alpha_ratio=args.alpha_ratio, positive=args.positive, device=dev).load(rdir / "operators.safetensors", design)
+                          alpha_ratio=args.alpha_ratio, lambda_rule=args.lambda_rule, positive=args.positive, device=dev).load(rdir / "operators.safetensors", design)
     return OpenRun(rdir, config, task, cache, design, est)
 
 

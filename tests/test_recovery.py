@@ -81,3 +81,29 @@ def test_bad_arguments():
         LassoRecovery(alpha=-1)
     with pytest.raises(StrideError, match="NaN"):
         LassoRecovery(alpha=0.1).fit(np.eye(3), np.array([[np.nan, 0, 0]]))
+    with pytest.raises(StrideError, match="rule"):
+        LassoRecovery(rule="cv")
+
+
+def test_one_standard_error_rule_picks_the_sparsest_ratio_within_one_se():
+    errs = {0.7: np.array([1.30, 1.10, 1.20]), 0.5: np.array([1.02, 1.05, 1.08]), 0.3: np.array([0.9, 1.1, 1.0]),
+            0.1: np.array([1.5, 1.4, 1.6])}
+    # min: 0.3 (mean 1.0, SE 0.0577); 0.5 (mean 1.05) is within one SE, 0.7 (mean 1.2) is not
+    assert LassoRecovery.best_ratio(errs, "min") == 0.3
+    assert LassoRecovery.best_ratio(errs, "1se") == 0.5
+    # ties at the minimum go to the sparser fit under both rules
+    tie = {0.5: np.array([1.0, 1.0]), 0.2: np.array([1.0, 1.0])}
+    assert LassoRecovery.best_ratio(tie, "min") == LassoRecovery.best_ratio(tie, "1se") == 0.5
+
+
+def test_one_se_rule_is_never_denser_than_min_on_noisy_measurements():
+    design = SubsetDesign.random(np.arange(600), 120, 5, seed=4)
+    rng = np.random.default_rng(5)
+    W = np.zeros((8, 600), dtype=np.float32)
+    W[:, :5] = 1.0
+    y = W @ design.dense().T + 0.5 * rng.standard_normal((8, 120)).astype(np.float32)
+    a, b = LassoRecovery(rule="min").fit(design, y), LassoRecovery(rule="1se").fit(design, y)
+    assert b.alpha_ratio_ >= a.alpha_ratio_
+    assert (b.influence_ != 0).sum() <= (a.influence_ != 0).sum()
+    errs = LassoRecovery().validation_errors(design, y)
+    assert LassoRecovery.best_ratio(errs, "1se") == b.alpha_ratio_ and LassoRecovery.best_ratio(errs, "min") == a.alpha_ratio_

@@ -38,7 +38,8 @@ def _run(ctx, task, train_items, query_items, cfg, batch_size, owners=None):
         train.offsets = np.concatenate([[0], np.cumsum(lengths)])
         train.doc_ids = np.arange(ctx.n_train)
     est = StrideEstimator(task.head, cfg["subsets"], cfg["operators"], center=cfg["center"], device=ctx.device,
-                          alpha_ratio=cfg.get("alpha_ratio"), positive=cfg.get("positive", False))
+                          alpha_ratio=cfg.get("alpha_ratio"), positive=cfg.get("positive", False),
+                          lambda_rule=cfg.get("lambda_rule", "1se"))
     est.fit(train)
     fit_s = time.perf_counter() - t0
     t1 = time.perf_counter()
@@ -115,6 +116,7 @@ VARIANTS = {
     "stride-K2x": {"K": -2},  # resolved per setting: twice the default K (capped at N)
     "stride-1design": {"designs": 1},
     "stride-R16": {"R": 16},
+    "stride-lambda-min": {"lambda_rule": "min"},
 }
 
 
