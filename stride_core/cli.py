@@ -111,7 +111,7 @@ def cmd_model_check(args):
 
 
 def _config_from_args(args):
-    from .pipeline import make_config
+    from .pipeline import count_documents, make_config
 
     overrides = {}
     for stage, names in (("cache", ("layer", "max_tokens")), ("subsets", ("K", "S", "seed", "designs")),
@@ -121,7 +121,8 @@ def _config_from_args(args):
             if v is not None:
                 overrides[f"{stage}.{n}"] = v
     shards = [int(s) for s in args.shards.split(",")] if getattr(args, "shards", None) else None
-    return make_config(args.corpus, args.model, args.preset, shards=shards, **overrides)
+    n_docs = count_documents(_ws(args), args.corpus, shards) if "subsets.K" not in overrides else None
+    return make_config(args.corpus, args.model, args.preset, shards=shards, n_docs=n_docs, **overrides)
 
 
 def _attr_args(args):

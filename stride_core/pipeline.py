@@ -74,9 +74,23 @@ def provenance(device: str) -> dict:
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
-def make_config(corpus: str, model: str, preset_name: str = "default", shards=None, **overrides) -> IndexConfig:
-    """Arguments from a preset, with dotted overrides like {"subsets.K": 400, "operators.R": 8}."""
+# A preset's K is scaled down on corpora too small for it: K = 0.6 N subsets (S unchanged, at most K) is
+# where both LDS benchmarks were measured (tiny-lm K=600 and digits K=800 for N=1000).
+SMALL_CORPUS_K_FRACTION = 0.6
+
+
+def make_config(corpus: str, model: str, preset_name: str = "default", shards=None, n_docs: int | None = None,
+                **overrides) -> IndexConfig:
+    """Arguments from a preset, with dotted overrides like {"subsets.K": 400, "operators.R": 8}.
+
+    With `n_docs` (the documents the run will index) and no explicit "subsets.K", a preset K larger
+    than 0.6 * n_docs is lowered to that (deterministic, so a re-run builds the same config)."""
     p = preset(preset_name)
+    if n_docs is not None and "subsets.K" not in overrides:
+        K = max(2, int(SMALL_CORPUS_K_FRACTION * n_docs))
+        if p["subsets"].K > K:
+            logger.info("corpus has %d documents: preset %r K=%d lowered to K=%d", n_docs, preset_name, p["subsets"].K, K)
+            p["subsets"] = type(p["subsets"]).from_dict({**p["subsets"].to_dict(), "K": K, "S": min(p["subsets"].S, K)})
     for key, val in overrides.items():
         stage, _, name = key.partition(".")
         if stage not in p or not hasattr(p[stage], name):
@@ -85,6 +99,15 @@ def make_config(corpus: str, model: str, preset_name: str = "default", shards=No
         d[name] = val
         p[stage] = type(p[stage]).from_dict(d)
     return IndexConfig(corpus, str(Path(model).expanduser().resolve()), sorted(shards) if shards else None, p["cache"], p["subsets"], p["operators"])
+
+
+def count_documents(ws, corpus: str, shards=None) -> int:
+    """Documents of a corpus (or of some of its shards) that a run would index."""
+    from .corpus import corpus_info, load_documents
+
+    if shards is None:
+        return int(corpus_info(ws, corpus)["n_docs"])
+    return len(load_documents(ws, corpus, ["doc_id"], shards=list(shards)))
 
 
 def _atomic_save(save_fn, path: Path):

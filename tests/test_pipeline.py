@@ -152,3 +152,30 @@ def test_designs_run_through_the_cli(small, tmp_path):
     keys = load_file(str(ws.run_dir("ens") / "operators.safetensors")).keys()
     assert "shape" in keys and "d1.shape" in keys
     assert len(pd.read_parquet(ws.run_dir("ens") / "attributions.parquet")) > 0
+
+
+def test_preset_K_is_scaled_to_a_small_corpus(small, tmp_path):
+    """A preset K too large for the corpus is lowered to 0.6 N (S at most K); an explicit K is kept."""
+    import json
+
+    from stride_core import cli
+    from stride_core.corpus import import_corpus, load_documents
+
+    ws, model_dir, _ = small
+    cfg = make_config("small", str(model_dir), "default", n_docs=160)
+    assert (cfg.subsets.K, cfg.subsets.S) == (96, 5)
+    assert make_config("small", str(model_dir), "default", n_docs=3).subsets.K == 2
+    assert make_config("small", str(model_dir), "default", n_docs=3).subsets.S == 2
+    assert make_config("small", str(model_dir), "default", n_docs=160, **{"subsets.K": 150}).subsets.K == 150
+    assert make_config("small", str(model_dir), "default", n_docs=10_000).subsets.K == 1000  # large corpora untouched
+    src = tmp_path / "tiny.jsonl"
+    load_documents(ws, "pydocs", columns=["text"], limit=50).to_json(src, orient="records", lines=True)
+    import_corpus(ws, src, "tiny50")
+    rc = cli.main(["--workspace", str(ws.root), "--no-progress", "index", "--corpus", "tiny50", "--model", str(model_dir),
+                   "--run", "tinyk", "--preset", "ci", "--steps", "3", "--device", "cpu"])
+    assert rc in (0, None)
+    args = json.loads((ws.run_dir("tinyk") / "args.json").read_text())["index"]
+    assert args["subsets"]["K"] == 30 and args["subsets"]["S"] == 4
+    # the same command again resolves to the same arguments: the finished run is reused, nothing raises
+    assert cli.main(["--workspace", str(ws.root), "--no-progress", "index", "--corpus", "tiny50", "--model", str(model_dir),
+                     "--run", "tinyk", "--preset", "ci", "--steps", "3", "--device", "cpu"]) in (0, None)
