@@ -353,7 +353,7 @@ def choose_ratio(est, y: np.ndarray, comm: Comm, query_batch: int) -> float | No
 
     if est.alpha != "auto" or est.alpha_ratio is not None:
         return None
-    lr = LassoRecovery(alpha="auto", positive=est.positive, device=est.device, rule=getattr(est, "lambda_rule", "1se"))
+    lr = LassoRecovery(alpha="auto", positive=est.positive, device=est.device, rule=est.lambda_rule)
     local: dict[float, np.ndarray] = {}
     for s in range(0, len(y), query_batch):
         for r, e in lr.validation_errors(est.design_, y[s:s + query_batch]).items():

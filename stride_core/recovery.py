@@ -13,9 +13,9 @@ f is fitted on the rest, and each held-out subset's squared error is summed over
 default `rule="1se"` keeps the sparsest f whose mean held-out error is within one standard error of
 the lowest (the one-standard-error rule: the prediction-optimal lam over-selects documents);
 `rule="min"` keeps the f with the lowest error. The final fit uses all subsets. Pass alpha=<float>
-to fix lam, or alpha_ratio=<float> to fix f. Measured (BENCHMARKS.md): on tiny-lm "min" picked
-f=0.2 (LDS 0.259, ~450 non-zero documents per query) and "1se" f=0.4-0.5 (LDS 0.281); on digits
-both give 0.434.
+to fix lam, or alpha_ratio=<float> to fix f. Measured with this grid (BENCHMARKS.md): on tiny-lm
+"min" picks f=0.2 (LDS 0.259, ~450 non-zero documents per query) and "1se" f=0.3-0.5 (LDS 0.284,
+~170); on digits both give 0.434.
 """
 
 from __future__ import annotations
