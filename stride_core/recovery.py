@@ -187,15 +187,8 @@ class LassoRecovery:
 
     def fit(self, M, y) -> "LassoRecovery":
         dev = torch.device(self.device)
-        y = torch.as_tensor(np.asarray(y, dtype=np.float32) if not isinstance(y, torch.Tensor) else y, device=dev).float()
-        if y.dim() == 1:
-            y = y[None]
+        y = self._measurements(M, y)
         op = _operator(M, dev)
-        K = op.K
-        if y.shape[1] != K:
-            raise StrideError(f"y has {y.shape[1]} columns but M has K={K} rows")
-        if not torch.isfinite(y).all():
-            raise StrideError("measurements y contain NaN or inf")
         ymean = y.mean(dim=1, keepdim=True)
         yc = y - ymean
         L = op.lipschitz()
@@ -219,15 +212,19 @@ class LassoRecovery:
 
         Sums over disjoint query shards add up to the errors of all queries, so shards (processes or
         batches) can agree on one ratio (`best_ratio` of the summed errors) and fit with alpha_ratio."""
-        dev = torch.device(self.device)
-        y = torch.as_tensor(np.asarray(y, dtype=np.float32) if not isinstance(y, torch.Tensor) else y, device=dev).float()
+        return self._validation_errors(M, self._measurements(M, y))
+
+    def _measurements(self, M, y) -> torch.Tensor:
+        """y as a (Q, K) float tensor on the device, checked against M's K rows and for NaN/inf."""
+        y = torch.as_tensor(np.asarray(y, dtype=np.float32) if not isinstance(y, torch.Tensor) else y,
+                            device=torch.device(self.device)).float()
         y = y[None] if y.dim() == 1 else y
         K = int(M.K) if hasattr(M, "members") else int(M.shape[0])
         if y.shape[1] != K:
             raise StrideError(f"y has {y.shape[1]} columns but M has K={K} rows")
         if not torch.isfinite(y).all():
             raise StrideError("measurements y contain NaN or inf")
-        return self._validation_errors(M, y)
+        return y
 
     @staticmethod
     def best_ratio(errs: dict[float, np.ndarray], rule: str = "1se") -> float:

@@ -128,7 +128,7 @@ def run_counterfactual(setting_name: str, out_dir, queries: int = 20, ks=(10, 50
                        threads: int | None = None, extra_methods: dict | None = None,
                        setting_overrides: dict | None = None, print_table: bool = True) -> dict:
     from ..models import resolve_device
-    from .harness import METHODS, _json_default
+    from .harness import METHODS, write_json
     from .settings import get_setting, torch_threads
 
     dev = resolve_device(device)
@@ -221,9 +221,7 @@ def run_counterfactual(setting_name: str, out_dir, queries: int = 20, ks=(10, 50
         "per_query_random": {str(k): (random_losses[k] - base).tolist() for k in random_losses},
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    tmp = out_dir / f".counterfactual.json.tmp{os.getpid()}"
-    tmp.write_text(json.dumps(result, indent=1, default=_json_default))
-    os.replace(tmp, out_dir / "counterfactual.json")
+    write_json(out_dir / "counterfactual.json", result)
     if print_table:
         print(f"{setting.name}: top-k counterfactual, {ctx.n_query} queries, retrain seed {seed}, "
               f"{random_seeds} random removal(s) per k, device {dev}")

@@ -270,9 +270,7 @@ def run_lds_bench(setting_name: str, out_dir, models: int | None = None, queries
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / f".results.json.tmp{os.getpid()}"
-    tmp.write_text(json.dumps(result, indent=1, default=_json_default))
-    os.replace(tmp, out_dir / "results.json")
+    write_json(out_dir / "results.json", result)
     if print_table:
         print(f"{setting.name}: {gt.n_models} ground-truth models x {gt.n_query} queries, N={gt.masks.shape[1]}, "
               f"device {dev}")
@@ -294,6 +292,13 @@ def _shared_variance(outputs: np.ndarray) -> float:
     per_q = outputs.var(axis=0, ddof=1).mean()
     shared = outputs.mean(axis=1).var(ddof=1)
     return float(shared / per_q) if per_q > 0 else 0.0
+
+
+def write_json(path: Path, obj: dict) -> None:
+    """Write a results file atomically (a reader never sees half of it); numpy values become plain JSON."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=1, default=_json_default))
+    os.replace(tmp, path)
 
 
 def _json_default(o):
