@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -65,8 +66,9 @@ class MinHashGuard:
 
         toks = [w for w, _, _ in words(text)]
         n = min(self.shingle, max(1, len(toks)))
-        sh = np.array(sorted({hash(tuple(toks[i:i + n])) & 0x7FFFFFFF for i in range(max(1, len(toks) - n + 1))}) or [0],
-                      dtype=np.uint64)
+        # crc32, not hash(): str hashes are salted per process, and the same run must give the same keep-list
+        sh = np.array(sorted({zlib.crc32("\x1f".join(toks[i:i + n]).encode()) & 0x7FFFFFFF
+                              for i in range(max(1, len(toks) - n + 1))}) or [0], dtype=np.uint64)
         return ((self.a[:, None] * sh[None, :] + self.b[:, None]) % np.uint64(self.P)).min(axis=1)
 
     def duplicate_of(self, text: str) -> tuple[int | None, np.ndarray]:

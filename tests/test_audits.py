@@ -22,10 +22,14 @@ def audit_ws(pydocs_ws, tmp_path_factory):
 
     ws, model_dir = pydocs_ws
     docs = load_documents(ws, "pydocs", columns=["text", "source"], limit=150)
+    # the mirrored document must be long enough that the appended words keep its 5-gram Jaccard above
+    # the guard's 0.8 (the stdlib, hence the corpus, differs between Python builds)
+    n_words = docs["text"].str.split().str.len()
+    docs.attrs["mirrored"] = m = int(np.flatnonzero((n_words >= 80) & (n_words <= 400))[0])
     extra = pd.DataFrame([
         {"text": LEAK, "source": "leak-alone"},
         {"text": docs["text"].iloc[3] + "\n\n" + LEAK + "\n\n" + docs["text"].iloc[4], "source": "leak-embedded"},
-        {"text": docs["text"].iloc[7] + " (mirror copy, lightly reformatted)", "source": "near-duplicate"},
+        {"text": docs["text"].iloc[m] + " (mirror copy, lightly reformatted)", "source": "near-duplicate"},
     ])
     src = tmp_path_factory.mktemp("audit") / "audit.jsonl"
     pd.concat([docs, extra], ignore_index=True).to_json(src, orient="records", lines=True)
@@ -78,6 +82,18 @@ def test_minhash_guard_and_matched_scores():
     W = np.array([[0.0, 0.0, 0.1]])
     assert rank_documents(W, m, "lasso").tolist() == [2, 0, 1]
     assert rank_documents(W, m, "matched").tolist() == [0, 2, 1]
+
+
+def test_minhash_signature_is_the_same_in_every_process():
+    """The keep-list must not depend on Python's per-process string-hash salt."""
+    import subprocess
+    import sys
+
+    code = ("from stride_core.selection import MinHashGuard; "
+            "print(MinHashGuard(0.8).signature('the quick brown fox jumps over the lazy dog again and again').tolist())")
+    outs = {subprocess.run([sys.executable, "-c", code], env={"PYTHONHASHSEED": seed}, capture_output=True, text=True,
+                           check=True).stdout for seed in ("1", "2")}
+    assert len(outs) == 1
 
 
 def test_read_items_bad_inputs(tmp_path):
@@ -156,7 +172,7 @@ def test_contamination_audit_flags_the_planted_copies(audit_ws, tmp_path):
 def test_selection_audit_keep_drop_and_duplicates(audit_ws, tmp_path):
     ws, docs = audit_ws
     target = tmp_path / "target.txt"
-    target.write_text(docs["text"].iloc[7][:300].replace("\n", " ") + "\n" + docs["text"].iloc[20][:300].replace("\n", " ") + "\n")
+    target.write_text(docs["text"].iloc[docs.attrs["mirrored"]][:300].replace("\n", " ") + "\n" + docs["text"].iloc[20][:300].replace("\n", " ") + "\n")
     out = tmp_path / "sel.jsonl"
     df = audit_select(ws, "audit", target, SelectionArgs(budget=40, device="cpu"), out=out, progress=False)
     keep = df[df["decision"] == "keep"]
@@ -173,7 +189,7 @@ def test_selection_audit_keep_drop_and_duplicates(audit_ws, tmp_path):
 
     src = load_documents(ws, "auditc", ["doc_id", "source"])
     mirror = int(src[src["source"] == "near-duplicate"]["doc_id"].iloc[0])
-    original = int(src["doc_id"].iloc[7])
+    original = int(src["doc_id"].iloc[docs.attrs["mirrored"]])
     dup = full[full["decision"] == "duplicate"]
     assert {mirror, original} & set(dup["doc_id"]) and {mirror, original} & set(full[full["decision"] == "keep"]["doc_id"])
 
