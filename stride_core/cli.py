@@ -50,7 +50,8 @@ def cmd_corpus_import(args):
     from .corpus import ImportOptions, import_corpus
 
     info = import_corpus(_ws(args), args.path, args.name,
-                         ImportOptions(text_field=args.text_field, shard_size=args.shard_size, replace=args.replace))
+                         ImportOptions(text_field=args.text_field, shard_size=args.shard_size, replace=args.replace,
+                                       encoding=args.encoding))
     print(f"imported corpus {info['name']!r}: {info['n_docs']} documents in {info['n_shards']} shard(s), "
           f"{info['n_chars']} characters, {info['n_duplicates']} exact duplicates recorded, "
           f"metadata columns {info['metadata_columns']}")
@@ -235,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("path")
     x.add_argument("--name", required=True)
     x.add_argument("--text-field", default="text", help="column holding the document text (default: text)")
+    x.add_argument("--encoding", default="utf-8", help="text encoding of JSONL, CSV and text files (default: utf-8)")
     x.add_argument("--shard-size", type=int, default=1000, help="documents per shard (default: 1000)")
     x.add_argument("--replace", action="store_true", help="replace an existing corpus of the same name")
     x.set_defaults(func=cmd_corpus_import)

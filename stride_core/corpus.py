@@ -60,8 +60,15 @@ class ImportOptions:
     text_field: str = "text"
     shard_size: int = 1000
     replace: bool = False
+    encoding: str = "utf-8"  # of JSONL, CSV/TSV and text files (Parquet strings are always UTF-8)
 
     def __post_init__(self):
+        import codecs
+
+        try:
+            self.encoding = codecs.lookup(self.encoding).name
+        except (LookupError, TypeError) as exc:
+            raise CorpusError(f"--encoding {self.encoding!r} is not a known text encoding (for example utf-8, latin-1, cp1252)") from exc
         if not isinstance(self.shard_size, int) or self.shard_size < 1:
             raise CorpusError(f"--shard-size must be a positive integer, got {self.shard_size!r}")
         if not self.text_field:
@@ -87,13 +94,19 @@ def detect_format(path: Path) -> str:
     )
 
 
-def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict]]:
+def _decode_error(where: str, exc: UnicodeDecodeError, encoding: str) -> CorpusError:
+    name = "UTF-8" if encoding == "utf-8" else encoding
+    return CorpusError(f"{where}: not valid {name} ({exc.reason} at byte {exc.start}); re-encode the file as UTF-8 "
+                       f"or pass its encoding with --encoding (for example latin-1 or cp1252)")
+
+
+def _jsonl_rows(path: Path, encoding: str = "utf-8") -> Iterator[tuple[int, dict]]:
     with open(path, "rb") as fh:
         for lineno, raw in enumerate(fh, start=1):
             try:
-                line = raw.decode("utf-8")
+                line = raw.decode(encoding)
             except UnicodeDecodeError as exc:
-                raise CorpusError(f"{path}:{lineno}: not valid UTF-8 ({exc.reason} at byte {exc.start}); re-encode the file as UTF-8") from exc
+                raise _decode_error(f"{path}:{lineno}", exc, encoding) from exc
             if not line.strip():
                 continue
             try:
@@ -109,7 +122,7 @@ def _jsonl_batches(path: Path, opts: ImportOptions) -> tuple[list[str], Iterator
     # First streaming pass: validate every line and collect the union of keys (metadata columns).
     keys: dict[str, None] = {}
     n = 0
-    for lineno, obj in _jsonl_rows(path):
+    for lineno, obj in _jsonl_rows(path, opts.encoding):
         if opts.text_field not in obj:
             raise CorpusError(f"{path}:{lineno}: missing text field {opts.text_field!r} (fields: {sorted(obj)[:8]}); pass --text-field")
         if not isinstance(obj[opts.text_field], str):
@@ -121,7 +134,7 @@ def _jsonl_batches(path: Path, opts: ImportOptions) -> tuple[list[str], Iterator
 
     def gen():
         batch = []
-        for _, obj in _jsonl_rows(path):
+        for _, obj in _jsonl_rows(path, opts.encoding):
             batch.append(obj)
             if len(batch) >= _BATCH_ROWS:
                 yield batch
@@ -168,18 +181,20 @@ def _csv_batches(path: Path, opts: ImportOptions):
     try:
         reader = pcsv.open_csv(
             path,
+            read_options=pcsv.ReadOptions(encoding=opts.encoding),
             parse_options=pcsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
             convert_options=pcsv.ConvertOptions(column_types={opts.text_field: pa.string()}),
         )
         schema = reader.schema
     except pa.ArrowInvalid as exc:
-        raise CorpusError(f"{path}: not a readable CSV file ({exc})") from exc
+        hint = "; pass the file's encoding with --encoding (for example latin-1)" if "UTF8" in str(exc) else ""
+        raise CorpusError(f"{path}: not a readable CSV file ({exc}){hint}") from exc
 
     def safe(it):
         try:
             yield from it
         except pa.ArrowInvalid as exc:
-            raise CorpusError(f"{path}: CSV parse error ({exc}); check the encoding (UTF-8) and quoting") from exc
+            raise CorpusError(f"{path}: CSV parse error ({exc}); check the quoting, and the encoding ({opts.encoding}; --encoding)") from exc
 
     return _arrow_batches(safe(reader), schema, path, opts)
 
@@ -193,9 +208,9 @@ def _folder_batches(path: Path, opts: ImportOptions):
         batch = []
         for f in files:
             try:
-                text = f.read_bytes().decode("utf-8")
+                text = f.read_bytes().decode(opts.encoding)
             except UnicodeDecodeError as exc:
-                raise CorpusError(f"{f}: not valid UTF-8 ({exc.reason} at byte {exc.start}); re-encode the file as UTF-8") from exc
+                raise _decode_error(str(f), exc, opts.encoding) from exc
             batch.append({opts.text_field: text, "source": str(f.relative_to(path))})
             if len(batch) >= _BATCH_ROWS:
                 yield batch

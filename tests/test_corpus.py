@@ -102,6 +102,21 @@ def test_other_bad_inputs(ws, tmp_path):
     assert list_corpora(ws) == []
 
 
+def test_other_encodings_import_with_encoding_option(ws, tmp_path):
+    (tmp_path / "l.jsonl").write_bytes(b'{"text": "caf\xe9 cr\xe8me"}\n')
+    (tmp_path / "l.csv").write_bytes(b'text,source\n"br\xfbl\xe9e",a\n')
+    folder = tmp_path / "lf"
+    folder.mkdir()
+    (folder / "a.txt").write_bytes(b"na\xefve")
+    for src, name, text in [("l.jsonl", "j", "caf\u00e9 cr\u00e8me"), ("l.csv", "c", "br\u00fbl\u00e9e"), ("lf", "f", "na\u00efve")]:
+        with pytest.raises(CorpusError, match="--encoding"):
+            import_corpus(ws, tmp_path / src, name)
+        import_corpus(ws, tmp_path / src, name, ImportOptions(encoding="latin-1"))
+        assert load_documents(ws, name, ["text"])["text"].tolist() == [text]
+    with pytest.raises(CorpusError, match="not a known text encoding"):
+        ImportOptions(encoding="klingon-8")
+
+
 def test_existing_name_needs_replace(ws, tmp_path):
     p = _write_jsonl(tmp_path / "c.jsonl", _docs(3))
     import_corpus(ws, p, "c")
