@@ -3,8 +3,9 @@
 Two independent kinds of evidence per (item, document) pair:
 
 - overlap_score in [0, 1]: the fraction of the item's distinct word n-grams (n = `ngram`, lowercased
-  \\w+ words; shorter items use all their words as one n-gram) that occur in the document. Verbatim
-  copies score 1 wherever they sit inside a longer document; light edits lower it gradually.
+  \\w+ words, one character per word in CJK scripts; shorter items use all their words as one n-gram)
+  that occur in the document. Verbatim copies score 1 wherever they sit inside a longer document;
+  light edits lower it gradually.
 - influence_z: a model-dependent memorisation signal. Each item is a query; for document j the
   matched-filter statistic m_j = mean of y_{item,k} over j's S subsets (how much steering towards
   subsets that contain j lowers the item's loss) is regressed on the TF-IDF cosine between item and
@@ -37,7 +38,10 @@ from .items import Item, read_items
 
 logger = logging.getLogger(__name__)
 
-WORD = re.compile(r"\w+")
+# Scripts written without spaces (CJK ideographs, kana, Hangul syllables) count one character per word,
+# so their n-grams are character n-grams; everything else is a run of \w characters.
+_UNSPACED = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
+WORD = re.compile(f"[{_UNSPACED}]|[^\\W{_UNSPACED}]+")
 PAIR_COLUMNS = ["item_id", "doc_id", "overlap_score", "influence_score", "influence_z", "combined_score", "leaked",
                 "flag_overlap", "flag_influence", "evidence_kind", "evidence", "item_text"]
 ITEM_COLUMNS = ["item_id", "leaked", "n_flagged", "n_copies", "max_overlap", "max_influence_z", "top_doc_id", "item_loss",
@@ -175,7 +179,7 @@ def _tfidf_similarity(ws, corpus: str, doc_ids: np.ndarray, texts: list[str], ba
 
     from .corpus import iter_documents
 
-    vec = HashingVectorizer(n_features=2 ** 20, alternate_sign=False, norm=None, lowercase=True, token_pattern=r"(?u)\b\w+\b")
+    vec = HashingVectorizer(n_features=2 ** 20, alternate_sign=False, norm=None, lowercase=True, token_pattern=WORD.pattern)
     df = np.zeros(vec.n_features, dtype=np.int64)
     n = 0
     for batch in iter_documents(ws, corpus, ["doc_id", "text"], batch_docs, shards=shards):

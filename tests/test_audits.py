@@ -56,6 +56,15 @@ def test_ngram_overlap_finds_verbatim_embedded_and_edited_copies():
     assert idx.scan("we had a short item today")[1][0] == 1.0  # items shorter than n use all their words
 
 
+def test_ngram_overlap_in_scripts_written_without_spaces():
+    item = "机器学习模型在训练数据上过拟合时测试误差会上升"
+    idx = NgramIndex([item], n=8)
+    host = "前言。" + item + "。后记与其他无关的内容"
+    c, a, b = idx.scan(host)[0]
+    assert c == 1.0 and host[a:b] == item
+    assert 0 not in idx.scan("完全无关的句子没有任何共同的八字片段在这里出现")
+
+
 def test_memorisation_z_finds_a_planted_document_beyond_lexical_similarity():
     rng = np.random.default_rng(0)
     N, K, S, Q = 400, 80, 5, 3
