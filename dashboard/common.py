@@ -149,18 +149,20 @@ def audit_launcher(ws, run: dict, kind: str, expanded: bool) -> None:
         if run.get("state") != "done" and not run["results"].get("attributions"):
             st.info("This run has not finished indexing yet; audits start on a finished run.")
             return
-        up = st.file_uploader(f"File of {what}: .jsonl (fields item_id, text) or .txt (one per line)",
-                              type=["jsonl", "txt"], key=f"{kind}_upload")
+        up = st.file_uploader(f"File of {what}: .jsonl (fields item_id, text), .json (a list of such objects) "
+                              f"or .txt (one per line)", type=["jsonl", "json", "txt"], key=f"{kind}_upload")
+        field = st.text_input("Text field(s) of a .jsonl/.json file, comma-separated (empty: text, else prompt)",
+                              key=f"{kind}_field", placeholder="e.g. question,answer")
         pasted = st.text_area(f"…or paste {what}, one per line", key=f"{kind}_paste", height=120)
         budget = st.number_input("Documents to keep (budget)", min_value=1, value=100, step=10, key=f"{kind}_budget") \
             if kind == "select" else None
         if st.button("Start the audit", key=f"{kind}_start", type="primary"):
             try:
                 if up is not None:
-                    text, name = up.getvalue().decode("utf-8"), up.name
+                    text, name, fields = up.getvalue().decode("utf-8"), up.name, field.strip() or None
                 else:
-                    text, name = pasted, "items.txt"
-                jobs.start_audit_job(ws, run["run"], kind, text, budget=budget, filename=name)
+                    text, name, fields = pasted, "items.txt", None
+                jobs.start_audit_job(ws, run["run"], kind, text, budget=budget, filename=name, text_field=fields)
                 st.success("Audit started; its progress shows below and the results appear on this page.")
             except UnicodeDecodeError:
                 st.error("The uploaded file is not UTF-8 text.")

@@ -14,7 +14,7 @@ def cmd_contamination(args):
 
     cargs = ContaminationArgs(ngram=args.ngram, overlap_threshold=args.overlap_threshold, z_threshold=_z(args.z_threshold),
                               use_influence=not args.no_influence, influence_only_z=args.influence_only_z,
-                              device=args.device)
+                              text_field=args.text_field, device=args.device)
     pairs, items = audit_contamination(_ws(args), args.run, args.benchmark, cargs, out=args.out, progress=not args.no_progress)
     leaked = items[items["leaked"]]
     print(f"{len(leaked)} of {len(items)} items flagged as leaked; {int(pairs['leaked'].sum())} flagged (item, document) pairs")
@@ -28,7 +28,8 @@ def cmd_contamination(args):
 def cmd_select(args):
     from .selection import SelectionArgs, audit_select
 
-    sargs = SelectionArgs(budget=args.budget, score=args.score, dedup_threshold=args.dedup_threshold, device=args.device)
+    sargs = SelectionArgs(budget=args.budget, score=args.score, dedup_threshold=args.dedup_threshold,
+                          text_field=args.text_field, device=args.device)
     df = audit_select(_ws(args), args.run, args.target, sargs, out=args.out, progress=not args.no_progress)
     counts = df["decision"].value_counts().to_dict()
     print(f"keep {counts.get('keep', 0)} documents, drop {counts.get('drop', 0)} (net harmful on the target), "
@@ -44,7 +45,10 @@ def register(subparsers, common_parent):
     x = sa.add_parser("contamination", parents=[common_parent],
                       help="flag training documents that leak benchmark items (n-gram overlap + STRIDE influence)")
     x.add_argument("--run", required=True)
-    x.add_argument("--benchmark", required=True, help="JSONL with item_id and text (or .txt, one item per line)")
+    x.add_argument("--benchmark", required=True,
+                   help="JSONL with item_id and text, JSON (a list of such objects) or .txt (one item per line)")
+    x.add_argument("--text-field", default=None,
+                   help="field(s) holding an item's text, comma-separated, e.g. question,answer (default: text, else prompt)")
     x.add_argument("--out", default=None, help="flagged pairs as .parquet/.jsonl/.csv; per-item summary goes to <stem>_items<ext>")
     x.add_argument("--ngram", type=int, default=8, help="words per n-gram for the overlap score (default 8)")
     x.add_argument("--overlap-threshold", type=float, default=0.5, help="overlap that flags a pair alone (default 0.5)")
@@ -57,7 +61,10 @@ def register(subparsers, common_parent):
     x = sa.add_parser("select", parents=[common_parent],
                       help="keep-list of the documents most helpful to a target set, and a drop-list of harmful ones")
     x.add_argument("--run", required=True)
-    x.add_argument("--target", required=True, help="JSONL with text (or .txt, one example per line): the task to improve")
+    x.add_argument("--target", required=True,
+                   help="JSONL or JSON with text (or .txt, one example per line): the task to improve")
+    x.add_argument("--text-field", default=None,
+                   help="field(s) holding an example's text, comma-separated (default: text, else prompt)")
     x.add_argument("--budget", type=int, required=True, help="documents to keep")
     x.add_argument("--out", default=None, help=".parquet/.jsonl/.csv")
     x.add_argument("--score", choices=["lasso", "matched"], default="lasso",

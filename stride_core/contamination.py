@@ -61,6 +61,7 @@ class ContaminationArgs:
     max_pairs_per_item: int = 20  # reported pairs per item besides the flagged ones
     batch_docs: int = 2000
     max_items: int = 10_000
+    text_field: str | None = None  # benchmark field(s) holding an item's text, comma-separated (default: text)
     device: str = "auto"
 
     def __post_init__(self):
@@ -86,17 +87,39 @@ def words(text: str) -> list[tuple[str, int, int]]:
     return [(m.group().lower(), m.start(), m.end()) for m in WORD.finditer(text)]
 
 
+def _segments(texts: list[str], n: int) -> list[list[str]]:
+    """Word lists of the segments, each merged with the next until it has n words (the last short one
+    joins the previous)."""
+    out: list[list[str]] = []
+    cur: list[str] = []
+    for text in texts:
+        cur = cur + [w for w, _, _ in words(text)]
+        if len(cur) >= n:
+            out.append(cur)
+            cur = []
+    if cur:
+        if out:
+            out[-1] = out[-1] + cur
+        else:
+            out.append(cur)
+    return out
+
+
 class NgramIndex:
     """Word n-grams of all items; scan(text) finds, per item, which of its n-grams a document holds."""
 
-    def __init__(self, texts: list[str], n: int):
+    def __init__(self, texts: list, n: int):
+        """texts: one string per item, or a list of segments (e.g. question and answer fields) whose
+        n-grams do not cross segment boundaries, so a copy that orders the fields differently still
+        matches; a segment shorter than n words stays joined to its neighbour."""
         self.n_of: list[int] = []
         self.size: list[int] = []
         self.index: dict[int, list[int]] = {}
         for q, text in enumerate(texts):
-            toks = [w for w, _, _ in words(text)]
-            nq = max(1, min(n, len(toks)))
-            grams = {hash(tuple(toks[i:i + nq])) for i in range(max(1, len(toks) - nq + 1))} if toks else set()
+            segs = _segments([text] if isinstance(text, str) else list(text), n)
+            n_words = sum(len(t) for t in segs)
+            nq = max(1, min(n, n_words))
+            grams = {hash(tuple(t[i:i + nq])) for t in segs for i in range(max(1, len(t) - nq + 1))} if n_words else set()
             self.n_of.append(nq)
             self.size.append(len(grams))
             for g in grams:
@@ -219,7 +242,7 @@ def audit_contamination(ws, run: str, benchmark, args: ContaminationArgs | None 
     args = args or ContaminationArgs()
     if out is not None and Path(out).suffix.lower() not in (".parquet", ".jsonl", ".csv"):
         raise InputError(f"--out {out}: use a .parquet, .jsonl or .csv file name")
-    items: list[Item] = read_items(benchmark, "benchmark", max_items=args.max_items)
+    items: list[Item] = read_items(benchmark, "benchmark", max_items=args.max_items, text_fields=args.text_field)
     rdir, config = load_run(ws, run)  # raises for an unknown or unfinished run before any work
     info = corpus_info(ws, config.corpus)
     rep = reporter or Reporter(rdir, run, filename=AUDIT_STATUS_FILE)
@@ -239,7 +262,7 @@ def _audit_contamination(ws, run, benchmark, args, out, items, rdir, config, inf
 
     # 1. overlap scan (streamed) + lexical similarity --------------------------------------------
     rep.stage("contamination: overlap", f"{len(items)} items against corpus {config.corpus} ({info['n_docs']} documents)")
-    index = NgramIndex(texts, args.ngram)
+    index = NgramIndex([list(it.segments) or it.text for it in items], args.ngram)
     hits: dict[int, dict[int, tuple[float, str]]] = {q: {} for q in range(len(items))}  # item -> doc_id -> (overlap, evidence)
 
     def scan(doc_id: int, text: str):

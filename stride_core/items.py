@@ -1,7 +1,8 @@
 """Evaluation items for the audits: a benchmark (contamination) or a target set (data selection).
 
-A file is JSONL (one object per line with a string `text`, or `prompt`; optional `item_id`) or .txt
-(one item per line). Reading validates everything before any work starts, so a bad file costs nothing."""
+A file is JSONL (one object per line with a string `text`, or `prompt`, or the fields named by
+`text_fields`; optional `item_id` or `id`), JSON (a list of such objects) or .txt (one item per line).
+Reading validates everything before any work starts, so a bad file costs nothing."""
 
 from __future__ import annotations
 
@@ -16,41 +17,43 @@ from .errors import InputError
 class Item:
     item_id: str
     text: str
+    segments: tuple[str, ...] = ()  # the named fields' texts, when the text joins several (kept apart by the overlap scan)
 
 
-def read_items(path, what: str = "benchmark", max_items: int = 100_000, max_chars: int = 100_000) -> list[Item]:
-    """Items of a .jsonl or .txt file. Raises InputError (with the line number) on a missing, empty,
-    non-UTF-8 or corrupt file, a missing/non-string text field, a duplicate item_id, more than
-    `max_items` items or an item over `max_chars` characters."""
+def read_items(path, what: str = "benchmark", max_items: int = 100_000, max_chars: int = 100_000,
+               text_fields: str | list[str] | None = None) -> list[Item]:
+    """Items of a .jsonl, .json (a list of objects) or .txt file. `text_fields` names the field(s) whose
+    values make an item's text (comma-separated or a list; several are joined with newlines, a list
+    value such as multiple-choice options with spaces); by default `text`, else `prompt`. Raises
+    InputError (with the line or entry number) on a missing, empty, non-UTF-8 or corrupt file, a
+    missing/non-string text field, a duplicate item_id, more than `max_items` items or an item over
+    `max_chars` characters."""
     p = Path(path)
+    fields = _field_list(text_fields)
     raw = read_text_file(p, what)
     suffix = p.suffix.lower()
     items: list[Item] = []
-    if suffix == ".jsonl":
-        for lineno, line in enumerate(raw.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{p}:{lineno}: corrupt JSON line ({exc.msg})") from exc
+    if suffix in (".jsonl", ".json"):
+        for where, obj in _json_records(p, raw, suffix):
             if not isinstance(obj, dict):
-                raise InputError(f"{p}:{lineno}: each line must be a JSON object with a string field 'text'")
-            text = obj.get("text", obj.get("prompt"))
-            if not isinstance(text, str):
-                raise InputError(f"{p}:{lineno}: each line needs a string field 'text' (or 'prompt'); found fields {sorted(obj)}")
+                raise InputError(f"{where}: each item must be a JSON object with a string field 'text'")
+            segments = _item_fields(obj, fields, where)
+            text = "\n".join(segments)
             item_id = obj.get("item_id", obj.get("id", f"item{len(items):05d}"))
             if not isinstance(item_id, (str, int)) or isinstance(item_id, bool):
-                raise InputError(f"{p}:{lineno}: item_id must be a string or an integer")
-            items.append(Item(str(item_id), text))
+                raise InputError(f"{where}: item_id must be a string or an integer")
+            items.append(Item(str(item_id), text, tuple(segments) if len(segments) > 1 else ()))
             _check_size(p, items, max_items, max_chars, what)
     elif suffix == ".txt":
+        if fields:
+            raise InputError(f"{p}: --text-field applies to .jsonl/.json files; a .txt file has one item per line")
         for lineno, line in enumerate(raw.splitlines(), 1):
             if line.strip():
                 items.append(Item(f"item{len(items):05d}", line))
                 _check_size(p, items, max_items, max_chars, what)
     else:
-        raise InputError(f"{p}: a {what} file must be .jsonl (fields 'item_id', 'text') or .txt (one item per line)")
+        raise InputError(f"{p}: a {what} file must be .jsonl (fields 'item_id', 'text'), .json (a list of such "
+                         f"objects) or .txt (one item per line)")
     blank = [it.item_id for it in items if not it.text.strip()]
     if blank:
         raise InputError(f"{p}: items with empty text: {', '.join(blank[:10])}")
@@ -61,6 +64,58 @@ def read_items(path, what: str = "benchmark", max_items: int = 100_000, max_char
     if dup:
         raise InputError(f"{p}: duplicate item_id values: {', '.join(sorted(set(dup))[:10])}")
     return items
+
+
+def _field_list(text_fields) -> list[str]:
+    if text_fields is None:
+        return []
+    out = [f.strip() for f in (text_fields.split(",") if isinstance(text_fields, str) else text_fields)]
+    if not out or not all(out):
+        raise InputError(f"--text-field {text_fields!r}: give one field name or several separated by commas")
+    return out
+
+
+def _json_records(p: Path, raw: str, suffix: str):
+    """(where, object) for each JSONL line or each entry of a JSON list."""
+    if suffix == ".json":
+        try:
+            data = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{p}: corrupt JSON ({exc.msg} at line {exc.lineno})") from exc
+        if not isinstance(data, list):
+            raise InputError(f"{p}: a .json {p.stem} file must hold a list of objects (use .jsonl for one object per line)")
+        for i, obj in enumerate(data, 1):
+            yield f"{p}: entry {i}", obj
+        return
+    for lineno, line in enumerate(raw.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            yield f"{p}:{lineno}", json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{p}:{lineno}: corrupt JSON line ({exc.msg})") from exc
+
+
+def _item_fields(obj: dict, fields: list[str], where: str) -> list[str]:
+    if not fields:
+        text = obj.get("text", obj.get("prompt"))
+        if not isinstance(text, str):
+            raise InputError(f"{where}: each item needs a string field 'text' (or 'prompt', or name yours with "
+                             f"--text-field); found fields {sorted(obj)}")
+        return [text]
+    parts = []
+    for f in fields:
+        if f not in obj:
+            raise InputError(f"{where}: no field {f!r} (found fields {sorted(obj)})")
+        v = obj[f]
+        if isinstance(v, list) and all(isinstance(x, (str, int, float)) and not isinstance(x, bool) for x in v):
+            v = " ".join(str(x) for x in v)
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            v = str(v)
+        if not isinstance(v, str):
+            raise InputError(f"{where}: field {f!r} is {type(v).__name__}, not text")
+        parts.append(v)
+    return parts
 
 
 def read_text_file(path, what: str) -> str:

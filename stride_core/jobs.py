@@ -336,9 +336,10 @@ AUDIT_LOG_FILE = "audit.log"
 
 
 def start_audit_job(ws: Workspace, run: str, kind: str, items_text: str, budget: int | None = None,
-                    device: str = "auto", filename: str = "items.jsonl") -> dict:
+                    device: str = "auto", filename: str = "items.jsonl", text_field: str | None = None) -> dict:
     """Launch `stride audit contamination|select` on a finished run as a detached process. `items_text`
-    is the content of the benchmark / target file (.jsonl or .txt by `filename`); it is validated here,
+    is the content of the benchmark / target file (.jsonl, .json or .txt by `filename`; `text_field` as
+    in `read_items`); it is validated here,
     so a bad file fails at once. Progress goes to runs/<run>/audit_status.json, never to the run's own
     status (an audit does not change the run's state)."""
     from .items import read_items
@@ -354,12 +355,12 @@ def start_audit_job(ws: Workspace, run: str, kind: str, items_text: str, budget:
     job = _read_json(run_dir / AUDIT_JOB_FILE)
     if current is not None and current.state in ACTIVE_STATES and job_alive(job.get("pid"), job.get("start_ticks")):
         raise RunError(f"an audit is already running on run {run!r}; wait for it or cancel it")
-    suffix = ".txt" if filename.lower().endswith(".txt") else ".jsonl"
+    suffix = next((x for x in (".txt", ".json") if filename.lower().endswith(x)), ".jsonl")
     inp = run_dir / f"audit_{kind}_input{suffix}"
     tmp = run_dir / f"audit_{kind}_input.partial{suffix}"  # keeps the suffix read_items dispatches on
     tmp.write_text(items_text, encoding="utf-8")
     try:
-        read_items(tmp, "benchmark" if kind == "contamination" else "target")
+        read_items(tmp, "benchmark" if kind == "contamination" else "target", text_fields=text_field or None)
     except Exception:
         tmp.unlink(missing_ok=True)
         raise
@@ -368,6 +369,8 @@ def start_audit_job(ws: Workspace, run: str, kind: str, items_text: str, budget:
            "--run", run, AUDIT_KINDS[kind], str(inp), "--device", device]
     if kind == "select":
         cmd += ["--budget", str(int(budget))]
+    if text_field:
+        cmd += ["--text-field", text_field]
     write_status(run_dir, RunStatus(run=run, state="queued", stage=f"audit {kind}", message="starting"), AUDIT_STATUS_FILE)
     env = dict(os.environ, STRIDE_WORKSPACE=str(ws.root), PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     with open(run_dir / AUDIT_LOG_FILE, "ab") as log:

@@ -37,6 +37,7 @@ class SelectionArgs:
     score: str = "lasso"  # "lasso": order by sparse influence, then matched; "matched": by the dense statistic only
     dedup_threshold: float = 0.8  # estimated Jaccard of word 5-grams above which a document duplicates a kept one
     max_targets: int = 10_000
+    text_field: str | None = None  # target field(s) holding an example's text, comma-separated (default: text)
     device: str = "auto"
 
     def __post_init__(self):
@@ -111,7 +112,7 @@ def audit_select(ws, run: str, target, args: SelectionArgs, out=None, progress: 
 
     if out is not None and Path(out).suffix.lower() not in (".parquet", ".jsonl", ".csv"):
         raise InputError(f"--out {out}: use a .parquet, .jsonl or .csv file name")
-    targets = read_items(target, "target", max_items=args.max_targets)
+    targets = read_items(target, "target", max_items=args.max_targets, text_fields=args.text_field)
     rdir, config = load_run(ws, run)
     info = corpus_info(ws, config.corpus)
     n_docs = info["n_docs"] if config.shards is None else None

@@ -56,6 +56,17 @@ def test_ngram_overlap_finds_verbatim_embedded_and_edited_copies():
     assert idx.scan("we had a short item today")[1][0] == 1.0  # items shorter than n use all their words
 
 
+def test_ngram_overlap_keeps_fields_apart():
+    q, a = "What orbits the violet giant beyond the harbor?", "The secret benchmark answer is forty two moons"
+    doc = "Notes. The secret benchmark answer is forty two moons; they orbit the violet giant beyond the harbor."
+    joined = NgramIndex([q + "\n" + a], n=8).scan(doc)[0][0]
+    apart = NgramIndex([[q, a]], n=8).scan(doc)[0][0]
+    assert joined < 0.2 and apart == 0.5  # the answer's 8-gram matches; no n-gram spans question and answer
+    # a field shorter than n words stays joined to its neighbour instead of becoming a short n-gram of its own
+    idx = NgramIndex([["What is the capital city of the country France today?", "Paris"]], n=8)
+    assert 0 not in idx.scan("Paris is lovely in spring.")
+
+
 def test_ngram_overlap_in_scripts_written_without_spaces():
     item = "机器学习模型在训练数据上过拟合时测试误差会上升"
     idx = NgramIndex([item], n=8)
@@ -127,6 +138,28 @@ def test_read_items_bad_inputs(tmp_path):
         read_items(p, max_items=3)
     (tmp_path / "t.txt").write_text("one\n\ntwo\n")
     assert [it.text for it in read_items(tmp_path / "t.txt")] == ["one", "two"]
+
+
+def test_read_items_named_fields_and_json_lists(tmp_path):
+    rows = [{"id": 7, "question": "What is 2+2?", "choices": ["3", "4"], "answer": 4},
+            {"id": 8, "question": "Capital of France?", "choices": ["Paris", "Rome"], "answer": "Paris"}]
+    (tmp_path / "b.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "b.json").write_text(json.dumps(rows))
+    for name in ("b.jsonl", "b.json"):
+        items = read_items(tmp_path / name, text_fields="question,choices,answer")
+        assert [(it.item_id, it.text) for it in items] == [("7", "What is 2+2?\n3 4\n4"), ("8", "Capital of France?\nParis Rome\nParis")]
+        with pytest.raises(InputError, match="'text' .*--text-field"):
+            read_items(tmp_path / name)
+        with pytest.raises(InputError, match="no field 'solution'"):
+            read_items(tmp_path / name, text_fields=["question", "solution"])
+    (tmp_path / "d.json").write_text(json.dumps({"data": rows}))
+    with pytest.raises(InputError, match="list of objects"):
+        read_items(tmp_path / "d.json")
+    (tmp_path / "t.txt").write_text("one\n")
+    with pytest.raises(InputError, match="applies to .jsonl"):
+        read_items(tmp_path / "t.txt", text_fields="question")
+    with pytest.raises(InputError, match="field name"):
+        read_items(tmp_path / "b.jsonl", text_fields=" , ")
 
 
 def test_argument_validation():
