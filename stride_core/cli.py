@@ -191,7 +191,7 @@ def _add_index_args(x):
 
 
 def _add_attr_args(x, with_device=True):
-    x.add_argument("--prompts", required=True, help=".txt (one prompt per line) or .jsonl (field 'prompt')")
+    x.add_argument("--prompts", required=True, help=".txt (one prompt per line), .jsonl (field 'prompt' or 'text') or .json (a list of objects)")
     x.add_argument("--top-k", dest="top_k", type=int, default=50)
     x.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, default=32, help="greedy continuation length")
     x.add_argument("--alpha", default="auto", help="Lasso lambda, or 'auto' (held-out subset validation)")

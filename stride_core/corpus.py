@@ -105,6 +105,8 @@ def _jsonl_rows(path: Path, encoding: str = "utf-8") -> Iterator[tuple[int, dict
         for lineno, raw in enumerate(fh, start=1):
             try:
                 line = raw.decode(encoding)
+                if lineno == 1:
+                    line = line.removeprefix("\ufeff")  # a byte-order mark (Windows editors) is not part of the JSON
             except UnicodeDecodeError as exc:
                 raise _decode_error(f"{path}:{lineno}", exc, encoding) from exc
             if not line.strip():
@@ -208,7 +210,7 @@ def _folder_batches(path: Path, opts: ImportOptions):
         batch = []
         for f in files:
             try:
-                text = f.read_bytes().decode(opts.encoding)
+                text = f.read_bytes().decode(opts.encoding).removeprefix("\ufeff")
             except UnicodeDecodeError as exc:
                 raise _decode_error(str(f), exc, opts.encoding) from exc
             batch.append({opts.text_field: text, "source": str(f.relative_to(path))})

@@ -124,7 +124,7 @@ def read_text_file(path, what: str) -> str:
     if not p.is_file():
         raise InputError(f"{p}: no such {what} file")
     try:
-        return p.read_text(encoding="utf-8")
+        return p.read_text(encoding="utf-8-sig")  # a leading byte-order mark (Windows editors) is dropped
     except UnicodeDecodeError as exc:
         raise InputError(f"{p}: not valid UTF-8 text (byte {exc.start}); re-encode the {what} file as UTF-8") from exc
 

@@ -66,36 +66,20 @@ def parse_prompts_text(text: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-def parse_prompts_jsonl(text: str, field: str = "prompt") -> list[dict]:
-    """JSONL prompts: each line an object with `field` (and optionally `prompt_id`)."""
-    out = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"line {lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from exc
-        if not isinstance(obj, dict) or not isinstance(obj.get(field), str):
-            raise InputError(f"line {lineno}: expected an object with a string field {field!r}")
-        if obj[field].strip():
-            rec = {"prompt": obj[field].strip()}
-            if obj.get("prompt_id") is not None:
-                rec["prompt_id"] = str(obj["prompt_id"])
-            out.append(rec)
-    return out
+def parse_prompt_upload(raw: str, filename: str) -> list[dict]:
+    """An uploaded prompts file's content (.txt, .jsonl or .json by `filename`, read as `stride run
+    --prompts` reads a file) -> [{"prompt", "prompt_id"}]."""
+    from .pipeline import parse_prompts
+
+    suffix = next((x for x in (".jsonl", ".json") if filename.lower().endswith(x)), ".txt")
+    return [{"prompt": r["prompt"].strip(), "prompt_id": r["query_id"]} for r in parse_prompts(raw, suffix, filename)]
 
 
 def load_prompt_file(path: str | Path) -> list[dict]:
-    """Prompts from a .txt (one per line) or .jsonl (field `prompt`) file."""
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read prompts from {p}: {exc}") from exc
-    if p.suffix.lower() in (".jsonl", ".ndjson", ".json"):
-        return parse_prompts_jsonl(text)
-    return [{"prompt": t} for t in parse_prompts_text(text)]
+    """Prompts from a .txt, .jsonl or .json file (`pipeline.read_prompts`) -> [{"prompt", "prompt_id"}]."""
+    from .pipeline import read_prompts
+
+    return [{"prompt": r["prompt"].strip(), "prompt_id": r["query_id"]} for r in read_prompts(path)]
 
 
 def normalise_prompts(prompts) -> list[dict]:

@@ -231,31 +231,39 @@ def index(ws, run: str, config: IndexConfig, device: str = "auto", overwrite: bo
 
 
 def read_prompts(path) -> list[dict]:
-    """.txt (one prompt per line) or .jsonl (field `prompt`, optional `prompt_id`/`query_id`)."""
+    """.txt (one prompt per line), .jsonl (field `prompt`, or `text`; optional `query_id`/`prompt_id`/`id`)
+    or .json (a list of such objects) -> [{"query_id", "prompt"}]. Blank prompts are skipped; duplicate
+    ids raise."""
     from .items import read_text_file
 
     p = Path(path)
-    raw = read_text_file(p, "prompts")
+    return parse_prompts(read_text_file(p, "prompts"), p.suffix.lower(), p)
+
+
+def parse_prompts(raw: str, suffix: str, where="prompts") -> list[dict]:
+    """The content of a prompts file (`suffix` .txt, .jsonl or .json), as `read_prompts` reads it."""
+    from .items import _json_records
+
+    p = Path(where)
     out = []
-    if p.suffix.lower() == ".jsonl":
-        for i, line in enumerate(raw.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{p}:{i}: corrupt JSON line ({exc.msg})") from exc
-            if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str):
-                raise InputError(f"{p}:{i}: each line needs a string field 'prompt'")
-            qid = obj.get("query_id") or obj.get("prompt_id") or f"q{len(out):03d}"
-            out.append({"query_id": str(qid), "prompt": obj["prompt"]})
-    elif p.suffix.lower() == ".txt":
+    if suffix in (".jsonl", ".json"):
+        for loc, obj in _json_records(p, raw, suffix):
+            text = obj.get("prompt", obj.get("text")) if isinstance(obj, dict) else None
+            if not isinstance(text, str):
+                raise InputError(f"{loc}: each prompt needs a string field 'prompt' (or 'text')")
+            qid = next((obj[k] for k in ("query_id", "prompt_id", "id") if obj.get(k) is not None), f"q{len(out):03d}")
+            out.append({"query_id": str(qid), "prompt": text})
+    elif suffix == ".txt":
         out = [{"query_id": f"q{i:03d}", "prompt": line} for i, line in enumerate(l for l in raw.splitlines() if l.strip())]
     else:
-        raise InputError(f"{p}: prompts must be .txt (one per line) or .jsonl (field 'prompt')")
+        raise InputError(f"{p}: prompts must be .txt (one per line), .jsonl (field 'prompt') or .json (a list of objects)")
     out = [o for o in out if o["prompt"].strip()]
     if not out:
         raise InputError(f"{p}: the prompts file is empty")
+    seen: set[str] = set()
+    dup = sorted({o["query_id"] for o in out if o["query_id"] in seen or seen.add(o["query_id"])})
+    if dup:
+        raise InputError(f"{p}: duplicate prompt ids: {', '.join(dup[:10])}")
     return out
 
 

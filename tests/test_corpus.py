@@ -102,6 +102,12 @@ def test_other_bad_inputs(ws, tmp_path):
     assert list_corpora(ws) == []
 
 
+def test_byte_order_mark_is_not_part_of_the_first_document(ws, tmp_path):
+    (tmp_path / "b.jsonl").write_bytes(b'\xef\xbb\xbf{"text": "first"}\r\n{"text": "second"}\r\n')
+    import_corpus(ws, tmp_path / "b.jsonl", "bom")
+    assert load_documents(ws, "bom", ["text"])["text"].tolist() == ["first", "second"]
+
+
 def test_other_encodings_import_with_encoding_option(ws, tmp_path):
     (tmp_path / "l.jsonl").write_bytes(b'{"text": "caf\xe9 cr\xe8me"}\n')
     (tmp_path / "l.csv").write_bytes(b'text,source\n"br\xfbl\xe9e",a\n')

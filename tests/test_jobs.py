@@ -35,12 +35,15 @@ def _start(ws, monkeypatch, mode, run="job1", **kw):
 
 def test_parse_prompts():
     assert jobs.parse_prompts_text(" a \n\n b\n") == ["a", "b"]
-    recs = jobs.parse_prompts_jsonl('{"prompt": "x", "prompt_id": 7}\n\n{"prompt": "y"}\n')
-    assert recs == [{"prompt": "x", "prompt_id": "7"}, {"prompt": "y"}]
-    with pytest.raises(InputError, match="line 1"):
-        jobs.parse_prompts_jsonl("not json")
+    # an upload is read exactly as `stride run --prompts` reads a file of the same name
+    recs = jobs.parse_prompt_upload('{"prompt": "x", "prompt_id": 7}\n\n{"text": " y "}\n', "p.jsonl")
+    assert recs == [{"prompt": "x", "prompt_id": "7"}, {"prompt": "y", "prompt_id": "q001"}]
+    assert jobs.parse_prompt_upload('[{"prompt": "x"}]', "p.json") == [{"prompt": "x", "prompt_id": "q000"}]
+    assert [r["prompt"] for r in jobs.parse_prompt_upload("a\n\nb\n", "p.txt")] == ["a", "b"]
+    with pytest.raises(InputError, match=":1: corrupt JSON"):
+        jobs.parse_prompt_upload("not json", "p.jsonl")
     with pytest.raises(InputError, match="'prompt'"):
-        jobs.parse_prompts_jsonl('{"text": "x"}')
+        jobs.parse_prompt_upload('{"body": "x"}', "p.jsonl")
     norm = jobs.normalise_prompts(["a", {"prompt": "b", "prompt_id": "q00"}, "  ", "c"])
     assert [r["prompt"] for r in norm] == ["a", "b", "c"]
     assert len({r["prompt_id"] for r in norm}) == 3

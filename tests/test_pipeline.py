@@ -74,8 +74,11 @@ def test_bad_inputs(small, tmp_path):
     with pytest.raises(InputError, match="no such"):
         read_prompts(tmp_path / "none.txt")
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"text": "no prompt field"}\n')
+    bad.write_text('{"body": "no prompt field"}\n')
     with pytest.raises(InputError, match="prompt"):
+        read_prompts(bad)
+    bad.write_text('{"id": 1, "prompt": "a"}\n{"id": 1, "prompt": "b"}\n')
+    with pytest.raises(InputError, match="duplicate prompt ids: 1"):
         read_prompts(bad)
     with pytest.raises(RunError, match="unknown run"):
         attribute(ws, "nope", [{"query_id": "a", "prompt": "x"}], progress=False)
@@ -85,6 +88,18 @@ def test_bad_inputs(small, tmp_path):
         index(ws, "lay", make_config("small", str(model_dir), "ci", **{"cache.layer": "transformer.h.99"}), device="cpu", progress=False)
     with pytest.raises(StrideError, match="unknown corpus"):
         index(ws, "nc", make_config("missing", str(model_dir), "ci"), device="cpu", progress=False)
+
+
+def test_prompt_files_in_the_formats_users_have(tmp_path):
+    bom = tmp_path / "bom.jsonl"
+    bom.write_bytes(b"\xef\xbb\xbf" + b'{"query_id": 0, "prompt": "first"}\r\n{"text": "second"}\r\n')
+    assert read_prompts(bom) == [{"query_id": "0", "prompt": "first"}, {"query_id": "q001", "prompt": "second"}]
+    lst = tmp_path / "p.json"
+    lst.write_text('[{"id": "a", "prompt": "x"}, {"prompt": "y"}]')
+    assert [(o["query_id"], o["prompt"]) for o in read_prompts(lst)] == [("a", "x"), ("q001", "y")]
+    txt = tmp_path / "p.txt"
+    txt.write_bytes(b"\xef\xbb\xbfone\r\n\r\ntwo\r\n")
+    assert [o["prompt"] for o in read_prompts(txt)] == ["one", "two"]
 
 
 def test_long_prompt_is_truncated_with_warning(small, caplog):

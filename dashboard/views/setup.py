@@ -153,18 +153,17 @@ with common.guard("the prompts section"):
                             placeholder="To serialize a Python dictionary as a JSON string, you can call")
         prompts = jobs.parse_prompts_text(text)
     else:
-        up = st.file_uploader("Prompt file", type=["txt", "jsonl"], key="prompt_file",
-                              help=".txt: one prompt per line. .jsonl: one object per line with a `prompt` field "
-                                   "(and optionally `prompt_id`).")
+        up = st.file_uploader("Prompt file", type=["txt", "jsonl", "json"], key="prompt_file",
+                              help=".txt: one prompt per line. .jsonl: one object per line with a `prompt` (or `text`) "
+                                   "field and optionally `prompt_id`/`id`. .json: a list of such objects.")
         if up is not None:
             try:
-                raw = up.getvalue().decode("utf-8")
+                raw = up.getvalue().decode("utf-8-sig")
             except UnicodeDecodeError:
                 st.error("The file is not UTF-8 text.")
                 raw = ""
             try:
-                prompts = (jobs.parse_prompts_jsonl(raw) if up.name.lower().endswith(".jsonl")
-                           else jobs.parse_prompts_text(raw))
+                prompts = jobs.parse_prompt_upload(raw, up.name)
             except StrideError as exc:
                 st.error(f"Cannot read {up.name}: {exc}")
     if prompts:
