@@ -78,7 +78,9 @@ def stride_lm(ctx, **over):
             if ids[a:a + ctx.block_size]:
                 train.append((ids[a:a + ctx.block_size], 0))
                 owners.append(i)
-    queries = [(list(p) + list(c), len(p)) for p, c in zip(ctx.query_prompt_ids, ctx.query_cont_ids)]
+    # measure_prompt: the measured loss covers the prompt's tokens too (TF-IDF sees the whole query text)
+    queries = [(list(p) + list(c), 0 if cfg.get("measure_prompt") else len(p))
+               for p, c in zip(ctx.query_prompt_ids, ctx.query_cont_ids)]
     return _run(ctx, task, train, queries, cfg, 32, owners=owners)
 
 
@@ -117,6 +119,7 @@ VARIANTS = {
     "stride-1design": {"designs": 1},
     "stride-R16": {"R": 16},
     "stride-lambda-min": {"lambda_rule": "min"},
+    "stride-measure-prompt": {"measure_prompt": True},  # tiny-lm: the measured loss covers the prompt too
 }
 
 
