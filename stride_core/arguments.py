@@ -73,7 +73,7 @@ class OperatorArgs(_Args):
     R: int = 64  # tiny-lm LDS 0.072 / 0.177 / 0.218 / 0.242 / 0.234 at R 4 / 16 / 32 / 64 / 128 (BENCHMARKS.md)
     steps: int = 300
     lr: float = 3e-3
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0  # decoupled (AdamW) decay of the basis and the steering matrices
     fidelity_weight: float = 1.0
     stability_weight: float = 1.0
     linearity_weight: float = 0.0

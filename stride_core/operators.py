@@ -136,7 +136,9 @@ def train_operators(cache, design, head, args: OperatorArgs, device: str = "cpu"
     ops = SteeringOperators(D, C, design.K, args.R).to(dev)
     if part is not None:
         part.broadcast(ops)
-    opt = torch.optim.Adam(ops.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    # AdamW: decoupled decay (with Adam's L2 decay, a subset outside the batch gets a decay-only gradient that
+    # Adam normalises to a full-size step towards 0: any decay > 0 zeroed the operators, LDS 0 on tiny-lm)
+    opt = torch.optim.AdamW(ops.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     sampler = _TokenSampler(cache, design, args.seed)
     rows = _Rows(cache, dev)
     IminusP = projection_residual_matrix(design, args.jl_dim, args.ridge_gamma, args.seed).to(dev) if args.linearity_weight > 0 else None
