@@ -34,7 +34,7 @@ def read_items(path, what: str = "benchmark", max_items: int = 100_000, max_char
     suffix = p.suffix.lower()
     items: list[Item] = []
     if suffix in (".jsonl", ".json"):
-        for where, obj in _json_records(p, raw, suffix):
+        for where, obj in json_records(p, raw, suffix):
             if not isinstance(obj, dict):
                 raise InputError(f"{where}: each item must be a JSON object with a string field 'text'")
             segments = _item_fields(obj, fields, where)
@@ -75,7 +75,7 @@ def _field_list(text_fields) -> list[str]:
     return out
 
 
-def _json_records(p: Path, raw: str, suffix: str):
+def json_records(p: Path, raw: str, suffix: str):
     """(where, object) for each JSONL line or each entry of a JSON list."""
     if suffix == ".json":
         try:
@@ -83,7 +83,7 @@ def _json_records(p: Path, raw: str, suffix: str):
         except json.JSONDecodeError as exc:
             raise InputError(f"{p}: corrupt JSON ({exc.msg} at line {exc.lineno})") from exc
         if not isinstance(data, list):
-            raise InputError(f"{p}: a .json {p.stem} file must hold a list of objects (use .jsonl for one object per line)")
+            raise InputError(f"{p}: a .json file must hold a list of objects (use .jsonl for one object per line)")
         for i, obj in enumerate(data, 1):
             yield f"{p}: entry {i}", obj
         return

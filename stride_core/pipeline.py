@@ -242,12 +242,12 @@ def read_prompts(path) -> list[dict]:
 
 def parse_prompts(raw: str, suffix: str, where="prompts") -> list[dict]:
     """The content of a prompts file (`suffix` .txt, .jsonl or .json), as `read_prompts` reads it."""
-    from .items import _json_records
+    from .items import json_records
 
     p = Path(where)
     out = []
     if suffix in (".jsonl", ".json"):
-        for loc, obj in _json_records(p, raw, suffix):
+        for loc, obj in json_records(p, raw, suffix):
             text = obj.get("prompt", obj.get("text")) if isinstance(obj, dict) else None
             if not isinstance(text, str):
                 raise InputError(f"{loc}: each prompt needs a string field 'prompt' (or 'text')")
