@@ -27,6 +27,7 @@ import logging
 import re
 import statistics
 import time
+import unicodedata
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -40,8 +41,12 @@ logger = logging.getLogger(__name__)
 
 # Scripts written without spaces (CJK ideographs, kana, Hangul syllables) count one character per word,
 # so their n-grams are character n-grams; everything else is a run of \w characters.
+# Combining accents (U+0300-036F) stay inside a word, and every word is NFKC-normalised and case-folded,
+# so composed and decomposed accents, full-width letters and ligatures match their plain forms.
 _UNSPACED = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
 WORD = re.compile(f"[{_UNSPACED}]|[^\\W{_UNSPACED}]+")
+_COMBINING = re.compile("[\u0300-\u036f]")
+_WORD_WITH_ACCENTS = re.compile(f"[{_UNSPACED}]|(?:[^\\W{_UNSPACED}]|[\u0300-\u036f])+")  # slower: used only when needed
 PAIR_COLUMNS = ["item_id", "doc_id", "overlap_score", "influence_score", "influence_z", "combined_score", "leaked",
                 "flag_overlap", "flag_influence", "evidence_kind", "evidence", "item_text"]
 ITEM_COLUMNS = ["item_id", "leaked", "n_flagged", "n_copies", "max_overlap", "max_influence_z", "top_doc_id", "item_loss",
@@ -84,7 +89,13 @@ class ContaminationArgs:
 
 
 def words(text: str) -> list[tuple[str, int, int]]:
-    return [(m.group().lower(), m.start(), m.end()) for m in WORD.finditer(text)]
+    """(normalised word, start, end) with offsets into `text` (for evidence spans)."""
+    pattern = _WORD_WITH_ACCENTS if _COMBINING.search(text) else WORD
+    return [(_norm(m.group()), m.start(), m.end()) for m in pattern.finditer(text)]
+
+
+def _norm(word: str) -> str:
+    return word.lower() if word.isascii() else unicodedata.normalize("NFKC", word).casefold()
 
 
 def _segments(texts: list[str], n: int) -> list[list[str]]:

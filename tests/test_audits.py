@@ -67,6 +67,15 @@ def test_ngram_overlap_keeps_fields_apart():
     assert 0 not in idx.scan("Paris is lovely in spring.")
 
 
+def test_ngram_overlap_ignores_unicode_form_and_case():
+    import unicodedata
+
+    item = "Le café crème de la rue Saint-Honoré fermait à minuit chaque jeudi soir"
+    doc = "Souvenirs: " + unicodedata.normalize("NFD", item.upper()).replace("CAFE", "ＣＡＦＥ") + "."
+    c, a, b = NgramIndex([item], n=8).scan(doc)[0]
+    assert c == 1.0 and doc[a:b].startswith("LE ")
+
+
 def test_ngram_overlap_in_scripts_written_without_spaces():
     item = "机器学习模型在训练数据上过拟合时测试误差会上升"
     idx = NgramIndex([item], n=8)
