@@ -29,7 +29,7 @@ def cmd_select(args):
     from .selection import SelectionArgs, audit_select
 
     sargs = SelectionArgs(budget=args.budget, score=args.score, dedup_threshold=args.dedup_threshold,
-                          text_field=args.text_field, device=args.device)
+                          text_field=args.text_field, lambda_rule=args.lambda_rule, device=args.device)
     df = audit_select(_ws(args), args.run, args.target, sargs, out=args.out, progress=not args.no_progress)
     counts = df["decision"].value_counts().to_dict()
     print(f"keep {counts.get('keep', 0)} documents, drop {counts.get('drop', 0)} (net harmful on the target), "
@@ -70,5 +70,7 @@ def register(subparsers, common_parent):
     x.add_argument("--score", choices=["lasso", "matched"], default="lasso",
                    help="ordering: sparse influence then matched score (lasso, default) or the dense matched score")
     x.add_argument("--dedup-threshold", type=float, default=0.8, help="near-duplicate Jaccard threshold (default 0.8)")
+    x.add_argument("--lambda-rule", choices=["1se", "min"], default="1se",
+                   help="Lasso lambda per target: one standard error (1se, default) or lowest held-out error (min)")
     x.add_argument("--device", default="auto", help="auto, cpu or cuda")
     x.set_defaults(func=cmd_select)

@@ -38,6 +38,7 @@ class SelectionArgs:
     dedup_threshold: float = 0.8  # estimated Jaccard of word 5-grams above which a document duplicates a kept one
     max_targets: int = 10_000
     text_field: str | None = None  # target field(s) holding an example's text, comma-separated (default: text)
+    lambda_rule: str = "1se"  # the Lasso's lambda per target, as `stride attribute --lambda-rule`
     device: str = "auto"
 
     def __post_init__(self):
@@ -47,6 +48,8 @@ class SelectionArgs:
             raise StrideError("score must be 'lasso' or 'matched'")
         if not 0 < self.dedup_threshold <= 1:
             raise StrideError("dedup_threshold must be in (0, 1]")
+        if self.lambda_rule not in ("1se", "min"):
+            raise StrideError("lambda_rule must be '1se' or 'min'")
 
 
 class MinHashGuard:
@@ -134,7 +137,7 @@ def _audit_select(ws, run, target, args, out, targets, rdir, config, info, rep):
     t0 = time.time()
     rep.stage("selection: influence", f"{len(targets)} target examples")
 
-    opened = open_run(ws, run, AttributeArgs(device=args.device))
+    opened = open_run(ws, run, AttributeArgs(device=args.device, lambda_rule=args.lambda_rule))
     doc_ids = opened.doc_ids
     if args.budget > len(doc_ids):
         raise InputError(f"budget {args.budget} is larger than the run's {len(doc_ids)} documents")

@@ -113,6 +113,12 @@ def test_minhash_guard_and_matched_scores():
     assert rank_documents(W, m, "matched").tolist() == [0, 2, 1]
 
 
+def test_selection_args_validate_lambda_rule():
+    assert SelectionArgs(budget=5, lambda_rule="min").lambda_rule == "min"
+    with pytest.raises(StrideError, match="lambda_rule"):
+        SelectionArgs(budget=5, lambda_rule="best")
+
+
 def test_minhash_signature_is_the_same_in_every_process():
     """The keep-list must not depend on Python's per-process string-hash salt."""
     import subprocess

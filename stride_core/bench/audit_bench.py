@@ -287,7 +287,7 @@ class SelectionBenchConfig:
     def __post_init__(self):
         if self.budget < 10 or self.seeds < 1 or self.steps < 10:
             raise StrideError("budget >= 10, seeds >= 1, steps >= 10")
-        unknown = set(self.methods) - {"stride", "stride-matched", "bm25", "tfidf", "random"}
+        unknown = set(self.methods) - {"stride", "stride-matched", "stride-lambda-min", "bm25", "tfidf", "random"}
         if unknown:
             raise StrideError(f"unknown selection method(s) {sorted(unknown)}")
 
@@ -370,7 +370,8 @@ def run_selection_bench(out_dir, cfg: AuditBenchConfig | None = None, scfg: Sele
         t0 = time.time()
         if method.startswith("stride"):
             df = audit_select(ws, RUN, out / "targets.jsonl",
-                              SelectionArgs(budget=scfg.budget, score="matched" if method == "stride-matched" else "lasso", device=dev),
+                              SelectionArgs(budget=scfg.budget, score="matched" if method == "stride-matched" else "lasso",
+                                            lambda_rule="min" if method == "stride-lambda-min" else "1se", device=dev),
                               progress=progress)
             selections[method] = df[df["decision"] == "keep"]["doc_id"].astype(int).tolist()
         elif method == "tfidf":
@@ -415,7 +416,8 @@ def _cmd_contamination(args):
 
 def _cmd_selection(args):
     cfg = AuditBenchConfig(preset=args.preset, seed=args.seed)
-    scfg = SelectionBenchConfig(budget=args.budget, seeds=args.seeds, steps=args.steps)
+    scfg = SelectionBenchConfig(budget=args.budget, seeds=args.seeds, steps=args.steps,
+                                methods=[m.strip() for m in args.methods.split(",") if m.strip()])
     run_selection_bench(args.out, cfg, scfg, device=args.device, progress=not args.no_progress)
 
 
@@ -431,4 +433,6 @@ def register(bench_subparsers, common_parent):
             x.add_argument("--budget", type=int, default=300)
             x.add_argument("--seeds", type=int, default=3)
             x.add_argument("--steps", type=int, default=300)
+            x.add_argument("--methods", default="stride,stride-matched,bm25,tfidf,random",
+                           help="comma-separated: stride, stride-matched, stride-lambda-min, bm25, tfidf, random")
         x.set_defaults(func=fn)
