@@ -323,8 +323,7 @@ def start_audit_job(ws: Workspace, run: str, kind: str, items_text: str, budget:
                     device: str = "auto", filename: str = "items.jsonl", text_field: str | None = None) -> dict:
     """Launch `stride audit contamination|select` on a finished run as a detached process. `items_text`
     is the content of the benchmark / target file (.jsonl, .json or .txt by `filename`; `text_field` as
-    in `read_items`); it is validated here,
-    so a bad file fails at once. Progress goes to runs/<run>/audit_status.json, never to the run's own
+    in `read_items`); it is validated here, so a bad file fails at once. Progress goes to runs/<run>/audit_status.json, never to the run's own
     status (an audit does not change the run's state)."""
     from .items import read_items
     from .pipeline import load_run
