@@ -31,7 +31,7 @@ def read_items(path, what: str = "benchmark", max_items: int = 100_000, max_char
     p = Path(path)
     fields = _field_list(text_fields)
     raw = read_text_file(p, what)
-    suffix = p.suffix.lower()
+    suffix = {".ndjson": ".jsonl"}.get(p.suffix.lower(), p.suffix.lower())
     items: list[Item] = []
     if suffix in (".jsonl", ".json"):
         for where, obj in json_records(p, raw, suffix):

@@ -72,6 +72,7 @@ def parse_prompt_upload(raw: str, filename: str) -> list[dict]:
     from .pipeline import parse_prompts
 
     suffix = next((x for x in (".jsonl", ".json") if filename.lower().endswith(x)), ".txt")
+    suffix = ".jsonl" if filename.lower().endswith(".ndjson") else suffix
     return [{"prompt": r["prompt"].strip(), "prompt_id": r["query_id"]} for r in parse_prompts(raw, suffix, filename)]
 
 

@@ -237,7 +237,7 @@ def read_prompts(path) -> list[dict]:
     from .items import read_text_file
 
     p = Path(path)
-    return parse_prompts(read_text_file(p, "prompts"), p.suffix.lower(), p)
+    return parse_prompts(read_text_file(p, "prompts"), {".ndjson": ".jsonl"}.get(p.suffix.lower(), p.suffix.lower()), p)
 
 
 def parse_prompts(raw: str, suffix: str, where="prompts") -> list[dict]:

@@ -97,6 +97,9 @@ def test_prompt_files_in_the_formats_users_have(tmp_path):
     lst = tmp_path / "p.json"
     lst.write_text('[{"id": "a", "prompt": "x"}, {"prompt": "y"}]')
     assert [(o["query_id"], o["prompt"]) for o in read_prompts(lst)] == [("a", "x"), ("q001", "y")]
+    nd = tmp_path / "p.ndjson"
+    nd.write_text('{"prompt": "z"}\n')
+    assert read_prompts(nd) == [{"query_id": "q000", "prompt": "z"}]
     txt = tmp_path / "p.txt"
     txt.write_bytes(b"\xef\xbb\xbfone\r\n\r\ntwo\r\n")
     assert [o["prompt"] for o in read_prompts(txt)] == ["one", "two"]
