@@ -31,7 +31,7 @@ def read_items(path, what: str = "benchmark", max_items: int = 100_000, max_char
     p = Path(path)
     fields = _field_list(text_fields)
     raw = read_text_file(p, what)
-    suffix = {".ndjson": ".jsonl"}.get(p.suffix.lower(), p.suffix.lower())
+    suffix = file_kind(p)
     items: list[Item] = []
     if suffix in (".jsonl", ".json"):
         for where, obj in json_records(p, raw, suffix):
@@ -73,6 +73,12 @@ def _field_list(text_fields) -> list[str]:
     if not out or not all(out):
         raise InputError(f"--text-field {text_fields!r}: give one field name or several separated by commas")
     return out
+
+
+def file_kind(name) -> str:
+    """The lowercased suffix of a prompts/items file name, with .ndjson read as .jsonl."""
+    suffix = Path(str(name)).suffix.lower()
+    return ".jsonl" if suffix == ".ndjson" else suffix
 
 
 def json_records(p: Path, raw: str, suffix: str):

@@ -69,10 +69,11 @@ def parse_prompts_text(text: str) -> list[str]:
 def parse_prompt_upload(raw: str, filename: str) -> list[dict]:
     """An uploaded prompts file's content (.txt, .jsonl or .json by `filename`, read as `stride run
     --prompts` reads a file) -> [{"prompt", "prompt_id"}]."""
+    from .items import file_kind
     from .pipeline import parse_prompts
 
-    suffix = next((x for x in (".jsonl", ".json") if filename.lower().endswith(x)), ".txt")
-    suffix = ".jsonl" if filename.lower().endswith(".ndjson") else suffix
+    kind = file_kind(filename)
+    suffix = kind if kind in (".jsonl", ".json") else ".txt"
     return [{"prompt": r["prompt"].strip(), "prompt_id": r["query_id"]} for r in parse_prompts(raw, suffix, filename)]
 
 
@@ -326,7 +327,7 @@ def start_audit_job(ws: Workspace, run: str, kind: str, items_text: str, budget:
     is the content of the benchmark / target file (.jsonl, .json or .txt by `filename`; `text_field` as
     in `read_items`); it is validated here, so a bad file fails at once. Progress goes to runs/<run>/audit_status.json, never to the run's own
     status (an audit does not change the run's state)."""
-    from .items import read_items
+    from .items import file_kind, read_items
     from .pipeline import load_run
     from .progress import AUDIT_STATUS_FILE
 
@@ -339,7 +340,8 @@ def start_audit_job(ws: Workspace, run: str, kind: str, items_text: str, budget:
     job = _read_json(run_dir / AUDIT_JOB_FILE)
     if current is not None and current.state in ACTIVE_STATES and job_alive(job.get("pid"), job.get("start_ticks")):
         raise RunError(f"an audit is already running on run {run!r}; wait for it or cancel it")
-    suffix = next((x for x in (".txt", ".json") if filename.lower().endswith(x)), ".jsonl")
+    file_suffix = file_kind(filename)
+    suffix = file_suffix if file_suffix in (".txt", ".json") else ".jsonl"
     inp = run_dir / f"audit_{kind}_input{suffix}"
     tmp = run_dir / f"audit_{kind}_input.partial{suffix}"  # keeps the suffix read_items dispatches on
     tmp.write_text(items_text, encoding="utf-8")

@@ -234,10 +234,10 @@ def read_prompts(path) -> list[dict]:
     """.txt (one prompt per line), .jsonl (field `prompt`, or `text`; optional `query_id`/`prompt_id`/`id`)
     or .json (a list of such objects) -> [{"query_id", "prompt"}]. Blank prompts are skipped; duplicate
     ids raise."""
-    from .items import read_text_file
+    from .items import file_kind, read_text_file
 
     p = Path(path)
-    return parse_prompts(read_text_file(p, "prompts"), {".ndjson": ".jsonl"}.get(p.suffix.lower(), p.suffix.lower()), p)
+    return parse_prompts(read_text_file(p, "prompts"), file_kind(p), p)
 
 
 def parse_prompts(raw: str, suffix: str, where="prompts") -> list[dict]:

@@ -277,17 +277,20 @@ def _print_contamination(result: dict):
 # ---------------------------------------------------------------------------------------- selection
 
 
+SELECTION_METHODS = ("stride", "stride-matched", "bm25", "tfidf", "random")  # the default table; also "stride-lambda-min"
+
+
 @dataclass
 class SelectionBenchConfig:
     budget: int = 300
     seeds: int = 3
     steps: int = 300  # optimizer steps of every fresh model, whatever its selection's size
-    methods: list = field(default_factory=lambda: ["stride", "stride-matched", "bm25", "tfidf", "random"])
+    methods: list = field(default_factory=lambda: list(SELECTION_METHODS))
 
     def __post_init__(self):
         if self.budget < 10 or self.seeds < 1 or self.steps < 10:
             raise StrideError("budget >= 10, seeds >= 1, steps >= 10")
-        unknown = set(self.methods) - {"stride", "stride-matched", "stride-lambda-min", "bm25", "tfidf", "random"}
+        unknown = set(self.methods) - set(SELECTION_METHODS) - {"stride-lambda-min"}
         if unknown:
             raise StrideError(f"unknown selection method(s) {sorted(unknown)}")
 
@@ -433,6 +436,6 @@ def register(bench_subparsers, common_parent):
             x.add_argument("--budget", type=int, default=300)
             x.add_argument("--seeds", type=int, default=3)
             x.add_argument("--steps", type=int, default=300)
-            x.add_argument("--methods", default="stride,stride-matched,bm25,tfidf,random",
+            x.add_argument("--methods", default=",".join(SELECTION_METHODS),
                            help="comma-separated: stride, stride-matched, stride-lambda-min, bm25, tfidf, random")
         x.set_defaults(func=fn)
