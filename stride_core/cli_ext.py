@@ -32,3 +32,7 @@ BENCH_REGISTRATIONS.append(_register_cf_bench)
 from .bench.scale import register as _register_scale_bench  # noqa: E402  `stride bench scale`
 
 BENCH_REGISTRATIONS.append(_register_scale_bench)
+
+from .bench.measure_speed import register as _register_measure_bench  # noqa: E402  `stride bench measure`
+
+BENCH_REGISTRATIONS.append(_register_measure_bench)

@@ -10,8 +10,10 @@ import torch.nn.functional as F
 
 
 @torch.no_grad()
-def measure(queries, ops, head, device: str = "cpu", logits_budget: int = 2 ** 25, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def measure(queries, ops, head, device: str = "cpu", logits_budget: int = 2 ** 25, progress: bool = False,
+            low_rank: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
     """queries: FeatureCache-like (offsets, h, z, target, weight). Returns y (Q, K) and base loss (Q,).
+    low_rank: mix per-subset logit directions a_k W_U^T (None: when R < D, where it is cheaper).
 
     A query's loss is the weight-averaged token NLL (weight 0 = prompt tokens, not counted)."""
     from tqdm.auto import tqdm
@@ -48,9 +50,20 @@ def measure(queries, ops, head, device: str = "cpu", logits_budget: int = 2 ** 2
         base_tok = F.cross_entropy(base_logits, t, reduction="none")
         base_q = torch.zeros(n_q, device=dev).index_add_(0, seg_t, base_tok * w) / wsum
         kc = max(1, logits_budget // max(1, len(idx) * V))
+        # The head is affine (o = z W_U^T [+ b]), so steered logits = base logits + B(h) (a_k W_U^T): with
+        # R < D, projecting the R rows of each a_k through the head once per chunk (Kc x R x D x V) and
+        # mixing them per token (T x R x Kc x V) is cheaper than T x Kc x D x V through the head.
+        if low_rank is None:
+            low_rank = ops.R < ops.C
+        feats = ops.features(h) if low_rank else None  # (T, R)
+        zero = head(torch.zeros(1, ops.C, device=dev)).float() if low_rank else None  # (1, V): the head's bias
         for k0 in range(0, K, kc):
             ks = torch.arange(k0, min(K, k0 + kc), device=dev)
-            logits = head(z[None] + ops.delta_all(h, ks)).float()  # (Kc, T, V)
+            if low_rank:
+                P = head(ops.A[ks]).float() - zero  # (Kc, R, V)
+                logits = base_logits[None] + torch.einsum("tr,krv->ktv", feats, P)  # (Kc, T, V)
+            else:
+                logits = head(z[None] + ops.delta_all(h, ks)).float()  # (Kc, T, V)
             st_tok = F.cross_entropy(logits.reshape(-1, V), t.repeat(len(ks)), reduction="none").view(len(ks), -1)
             st_q = torch.zeros(len(ks), n_q, device=dev).index_add_(1, seg_t, st_tok * w[None]) / wsum[None]
             y[q:q_end, k0:k0 + len(ks)] = (base_q[None] - st_q).T.cpu().numpy()

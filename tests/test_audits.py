@@ -305,3 +305,17 @@ def test_audit_job_runs_in_the_background_and_keeps_the_run_state(audit_ws):
     assert (sel["decision"] == "keep").sum() == 7
     after = read_status(ws.run_dir("audit"))
     assert (before.state, before.stage) == (after.state, after.stage)  # the run's own status is untouched
+
+
+def test_bench_measure_paths_agree_through_the_cli(audit_ws, tmp_path, capsys):
+    """`stride bench measure`: the low-rank and direct measurement paths give the same y on a real run."""
+    from stride_core.cli import main
+
+    ws, _ = audit_ws
+    out = tmp_path / "measure.json"
+    rc = main(["bench", "measure", "--workspace", str(ws.root), "--run", "audit", "--queries", "3", "--repeats", "1",
+               "--device", "cpu", "--out", str(out)])
+    assert rc in (0, None)
+    res = json.loads(out.read_text())
+    assert res["queries"] == 3 and res["R"] < res["D"] and res["max_abs_dy"] < 1e-4 and res["y_sd"] > 0
+    assert "low-rank" in capsys.readouterr().out

@@ -78,12 +78,13 @@ def _ops(model, K=5, R=3, seed=0):
     return ops
 
 
-def test_batched_measurement_equals_looped_and_full_forward_hook():
+@pytest.mark.parametrize("R", [3, 40])  # R < D: logits mixed from a_k W_U^T; R >= D: through the head per subset
+def test_batched_measurement_equals_looped_and_full_forward_hook(R):
     model = _tiny("gpt2")
     task = CausalLMTask(model, _Tok(), max_tokens=32)
     items = [(_Tok()(t)["input_ids"], 3 if i % 2 else 0) for i, t in enumerate(TEXTS)]
     q = features_in_memory(task, items, batch_size=3)
-    ops = _ops(model)
+    ops = _ops(model, R=R)
     y, base = measure(q, ops, task.head, logits_budget=64 * 40)  # tiny budget forces chunking
     assert np.allclose(y, measure_looped(q, ops, task.head), atol=1e-5)
     # full forward with the steering applied by hooks
@@ -105,6 +106,21 @@ def test_batched_measurement_equals_looped_and_full_forward_hook():
             base_loss = (torch.nn.functional.cross_entropy(base_logits, torch.tensor(ids), reduction="none") * w).sum() / w.sum()
             steered = (tok_loss * w).sum() / w.sum()
             assert abs(float(base_loss - steered) - y[qi, k]) < 1e-4
+
+
+def test_measurement_with_a_biased_head_matches_looped():
+    """The low-rank path subtracts the head's bias from the projected a_k (the head is affine, not linear)."""
+    model = _tiny("gpt2")
+    task = CausalLMTask(model, _Tok(), max_tokens=32)
+    q = features_in_memory(task, [(_Tok()(t)["input_ids"], 0) for t in TEXTS], batch_size=3)
+    g = torch.Generator().manual_seed(1)
+    head = torch.nn.Linear(32, 64)
+    with torch.no_grad():
+        head.bias.copy_(torch.randn(64, generator=g))
+    ops = _ops(model, R=3)
+    y, _ = measure(q, ops, head, logits_budget=64 * 40)
+    assert np.allclose(y, measure_looped(q, ops, head), atol=1e-5)
+    assert np.allclose(y, measure(q, ops, head, low_rank=False)[0], atol=1e-5)
 
 
 def test_cache_is_invariant_to_batch_size_and_resumes(tmp_path, monkeypatch):
