@@ -371,6 +371,14 @@ def open_run(ws, run: str, args: AttributeArgs | None = None) -> OpenRun:
     return OpenRun(rdir, config, task, cache, design, est)
 
 
+def top_nonzero(w: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the k largest positive entries of w (N,), best first, and of the k most negative,
+    worst first; ties by document order (helpful) or reverse document order (harmful), as a stable
+    descending sort would give. Sorts only the non-zero entries: the Lasso's w is sparse, N can be 1M."""
+    pos, neg = np.flatnonzero(w > 0), np.flatnonzero(w < 0)
+    return pos[np.lexsort((pos, -w[pos]))][:k], neg[np.lexsort((-neg, w[neg]))][:k]
+
+
 def attribute(ws, run: str, prompts: list[dict] | str | Path, args: AttributeArgs | None = None, out: str | Path | None = None,
               progress: bool = True, reporter: Reporter | None = None) -> pd.DataFrame:
     """Continuation + ranked helpful/harmful documents per prompt. Returns the rows (also written to
@@ -397,12 +405,10 @@ def attribute(ws, run: str, prompts: list[dict] | str | Path, args: AttributeArg
     k = min(args.top_k, W.shape[1])
     rows = []
     for qi, g in enumerate(gens):
-        order = np.argsort(-W[qi], kind="stable")
-        for direction, idx in (("helpful", order[:k]), ("harmful", order[::-1][:k])):
+        helpful, harmful = top_nonzero(W[qi], k)
+        for direction, idx in (("helpful", helpful), ("harmful", harmful)):
             for rank, j in enumerate(idx, 1):
                 s = float(W[qi, j])
-                if (direction == "helpful" and s <= 0) or (direction == "harmful" and s >= 0):
-                    break  # only documents with a non-zero recovered effect in that direction
                 rows.append({"query_id": g["query_id"], "prompt": g["prompt"], "continuation": g["continuation"], "direction": direction,
                              "rank": rank, "doc_id": int(cache.doc_ids[j]), "score": s, "query_loss": float(base[qi])})
     df = write_attributions(ws, run, config, rows, y, out)

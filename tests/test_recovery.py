@@ -107,3 +107,19 @@ def test_one_se_rule_is_never_denser_than_min_on_noisy_measurements():
     assert (b.influence_ != 0).sum() <= (a.influence_ != 0).sum()
     errs = LassoRecovery().validation_errors(design, y)
     assert LassoRecovery.best_ratio(errs, "1se") == b.alpha_ratio_ and LassoRecovery.best_ratio(errs, "min") == a.alpha_ratio_
+
+
+def test_top_nonzero_matches_a_full_stable_sort():
+    """attribute() ranks only the non-zero influence entries; same order as the full stable argsort."""
+    from stride_core.pipeline import top_nonzero
+
+    g = np.random.default_rng(0)
+    for _ in range(20):
+        w = np.where(g.random(300) < 0.1, g.choice([-2.0, -1.0, 0.5, 1.0, 3.0], 300), 0.0)  # sparse, with ties
+        k = int(g.integers(1, 40))
+        order = np.argsort(-w, kind="stable")
+        want_h = [j for j in order[:k] if w[j] > 0]
+        want_n = [j for j in order[::-1][:k] if w[j] < 0]
+        got_h, got_n = top_nonzero(w, k)
+        assert got_h.tolist() == want_h and got_n.tolist() == want_n
+    assert [len(x) for x in top_nonzero(np.zeros(5), 3)] == [0, 0]
