@@ -254,7 +254,7 @@ def index(ws, run: str, config, comm: Comm, device: str, overwrite: bool = False
 
         def begin():
             meta, doc_ids = begin_tokens(ws, config.corpus, config.shards, troot, targs)
-            check_documents(config, doc_ids)  # before loading the model: a wrong K fails at once
+            check_documents(config, len(doc_ids))  # before loading the model: a wrong K fails at once
             return bool(meta.get("finished"))
 
         finished = comm.broadcast_object(comm.agree(lambda: begin() if main else None))

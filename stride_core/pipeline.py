@@ -124,12 +124,12 @@ def _load_task(config: IndexConfig, device: str):
     return CausalLMTask(model, tok, layer=config.cache.layer, max_tokens=config.cache.max_tokens)
 
 
-def check_documents(config: IndexConfig, doc_ids: np.ndarray):
+def check_documents(config: IndexConfig, n_docs: int):
     """The corpus selection must hold documents, and at least K of them."""
-    if len(doc_ids) == 0:
+    if n_docs == 0:
         raise RunError(f"corpus {config.corpus!r} has no documents in shards {config.shards}")
-    if config.subsets.K > len(doc_ids):
-        raise StrideError(f"K={config.subsets.K} subsets is larger than the {len(doc_ids)} documents: lower K (e.g. --K {max(2, len(doc_ids) // 4)})")
+    if config.subsets.K > n_docs:
+        raise StrideError(f"K={config.subsets.K} subsets is larger than the {n_docs} documents: lower K (e.g. --K {max(2, n_docs // 4)})")
 
 
 def check_tokens(tokens) -> None:
@@ -144,7 +144,7 @@ def prepare_tokens(ws, rdir: Path, config: IndexConfig, tokenizer, progress: boo
 
     targs = TokenizeArgs(max_tokens=config.cache.max_tokens)
     meta, doc_ids = begin_tokens(ws, config.corpus, config.shards, rdir / "tokens", targs)
-    check_documents(config, doc_ids)
+    check_documents(config, len(doc_ids))
     if not meta.get("finished"):
         tokenize_part(ws, config.corpus, config.shards, rdir / "tokens", tokenizer, targs, progress=progress)
     tokens = finish_tokens(rdir / "tokens")
@@ -163,6 +163,8 @@ def begin_run(ws, run: str, config: IndexConfig, dev: str, overwrite: bool = Fal
     rdir = ws.run_dir(run)
     info = corpus_info(ws, config.corpus)  # raises on unknown corpus
     check_model_dir(config.model)
+    # before anything is written: a run folder left by a wrong K would block the corrected retry
+    check_documents(config, info["n_docs"] if config.shards is None else count_documents(ws, config.corpus, config.shards))
     args_path = rdir / "args.json"
     if args_path.exists():
         old = json.loads(args_path.read_text())

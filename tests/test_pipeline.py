@@ -84,6 +84,7 @@ def test_bad_inputs(small, tmp_path):
         attribute(ws, "nope", [{"query_id": "a", "prompt": "x"}], progress=False)
     with pytest.raises(StrideError, match="larger than"):
         index(ws, "big", make_config("small", str(model_dir), "ci", **{"subsets.K": 500}), device="cpu", progress=False)
+    assert not (ws.run_dir("big") / "args.json").exists()  # nothing written: the corrected retry needs no --overwrite
     with pytest.raises(StrideError, match="no module named"):
         index(ws, "lay", make_config("small", str(model_dir), "ci", **{"cache.layer": "transformer.h.99"}), device="cpu", progress=False)
     with pytest.raises(StrideError, match="unknown corpus"):
