@@ -33,6 +33,6 @@ from .bench.scale import register as _register_scale_bench  # noqa: E402  `strid
 
 BENCH_REGISTRATIONS.append(_register_scale_bench)
 
-from .bench.measure_speed import register as _register_measure_bench  # noqa: E402  `stride bench measure`
+from .bench.speed import register as _register_speed_bench  # noqa: E402  `stride bench measure|recovery`
 
-BENCH_REGISTRATIONS.append(_register_measure_bench)
+BENCH_REGISTRATIONS.append(_register_speed_bench)
