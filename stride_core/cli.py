@@ -10,14 +10,12 @@ import json
 import logging
 import os
 import sys
-from pathlib import Path
 
 from . import __version__
 from .errors import StrideError
 
 logger = logging.getLogger("stride_core.cli")
 
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 
 
 def _ws(args):

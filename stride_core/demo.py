@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from .errors import StrideError
+
 logger = logging.getLogger(__name__)
 
 
@@ -30,7 +32,14 @@ def ensure_default_model(ws, preset: str = "default", device: str = "cpu", progr
     return out
 
 
-SAMPLE_PROMPTS = Path(__file__).resolve().parent.parent / "data" / "sample_prompts.jsonl"
+def sample_prompts_path(kind: str = "jsonl") -> Path:
+    """The checkout's data/sample_prompts.{jsonl,txt}: found beside the package, i.e. with the README's
+    editable install (`pip install -e .`); a clear error otherwise."""
+    path = Path(__file__).resolve().parent.parent / "data" / f"sample_prompts.{kind}"
+    if not path.is_file():
+        raise StrideError(f"sample prompts not found at {path}: install stride from its checkout with `pip install -e .` "
+                          "(as `make app` does), or pass your own prompts file")
+    return path
 
 
 def run_demo(ws, preset: str = "default", device: str = "auto", progress: bool = True, index_and_attribute: bool = True) -> dict:
@@ -50,7 +59,7 @@ def run_demo(ws, preset: str = "default", device: str = "auto", progress: bool =
 
     run = "demo" if preset == "default" else f"demo-{preset}"
     config = make_config("pydocs", str(model_dir), preset)
-    df = run_all(ws, run, config, SAMPLE_PROMPTS, AttributeArgs(top_k=20, device=dev), device=dev, progress=progress)
+    df = run_all(ws, run, config, sample_prompts_path(), AttributeArgs(top_k=20, device=dev), device=dev, progress=progress)
     for qid, g in df[df["direction"] == "helpful"].groupby("query_id", sort=False):
         first = g.iloc[0]
         print(f"\n[{qid}] {first['prompt']} -> {first['continuation'].strip()[:60]!r}")

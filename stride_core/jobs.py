@@ -588,7 +588,9 @@ def preparing_job(ws: Workspace, *, corpus: str | None = None, model_preset: str
 
 
 def sample_prompts_path(kind: str = "jsonl") -> Path:
-    return Path(__file__).resolve().parent.parent / "data" / f"sample_prompts.{kind}"
+    from .demo import sample_prompts_path as path
+
+    return path(kind)
 
 
 def start_demo_job(ws: Workspace, preset: str = "default", device: str = "auto", run: str = "demo") -> dict:

@@ -155,3 +155,14 @@ def test_engine_probe_reports_the_run_command():
         assert "--run" in text and "--prompts" in text
     else:
         assert "run" in text  # argparse's "invalid choice: 'run'"
+
+
+def test_sample_prompts_missing_outside_a_checkout_is_a_clear_error(tmp_path, monkeypatch):
+    """A non-editable install has no data/ beside the package: say how to fix it, not FileNotFoundError."""
+    import stride_core.demo as demo
+    from stride_core.errors import StrideError
+
+    assert jobs.sample_prompts_path("txt").is_file()
+    monkeypatch.setattr(demo, "__file__", str(tmp_path / "site-packages" / "stride_core" / "demo.py"))
+    with pytest.raises(StrideError, match="pip install -e"):
+        jobs.sample_prompts_path()
