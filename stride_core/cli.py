@@ -17,7 +17,6 @@ from .errors import StrideError
 logger = logging.getLogger("stride_core.cli")
 
 
-
 def _ws(args):
     from .workspace import Workspace, default_workspace
 

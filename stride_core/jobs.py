@@ -36,6 +36,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from .demo import sample_prompts_path  # noqa: F401  re-exported: the dashboard and the demo job read the samples through jobs
 from .errors import InputError, RunError
 from .progress import RunStatus, read_status, write_status
 from .workspace import Workspace, validate_name
@@ -585,12 +586,6 @@ def preparing_job(ws: Workspace, *, corpus: str | None = None, model_preset: str
                 model_preset and job.get("ensure_model_preset") == model_preset):
             return r["run"]
     return None
-
-
-def sample_prompts_path(kind: str = "jsonl") -> Path:
-    from .demo import sample_prompts_path as path
-
-    return path(kind)
 
 
 def start_demo_job(ws: Workspace, preset: str = "default", device: str = "auto", run: str = "demo") -> dict:

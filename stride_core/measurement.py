@@ -26,6 +26,12 @@ def measure(queries, ops, head, device: str = "cpu", logits_budget: int = 2 ** 2
     base = np.zeros(Q, dtype=np.float32)
     offsets = np.asarray(queries.offsets)
     weight_all = np.asarray(queries.weight, dtype=np.float32)
+    # The head is affine (o = z W_U^T [+ b]), so steered logits = base logits + B(h) (a_k W_U^T): with
+    # R < D, projecting the R rows of each a_k through the head once per chunk (Kc x R x D x V) and
+    # mixing them per token (T x R x Kc x V) is cheaper than T x Kc x D x V through the head.
+    if low_rank is None:
+        low_rank = ops.R < ops.C
+    zero = head(torch.zeros(1, ops.C, device=dev)).float() if low_rank else None  # (1, V): the head's bias
     # Group queries so that (tokens in group) x V x (subset chunk) stays within the budget.
     q = 0
     bar = tqdm(total=Q, desc="measure", disable=not progress)
@@ -50,13 +56,7 @@ def measure(queries, ops, head, device: str = "cpu", logits_budget: int = 2 ** 2
         base_tok = F.cross_entropy(base_logits, t, reduction="none")
         base_q = torch.zeros(n_q, device=dev).index_add_(0, seg_t, base_tok * w) / wsum
         kc = max(1, logits_budget // max(1, len(idx) * V))
-        # The head is affine (o = z W_U^T [+ b]), so steered logits = base logits + B(h) (a_k W_U^T): with
-        # R < D, projecting the R rows of each a_k through the head once per chunk (Kc x R x D x V) and
-        # mixing them per token (T x R x Kc x V) is cheaper than T x Kc x D x V through the head.
-        if low_rank is None:
-            low_rank = ops.R < ops.C
         feats = ops.features(h).float() if low_rank else None  # (T, R)
-        zero = head(torch.zeros(1, ops.C, device=dev)).float() if low_rank else None  # (1, V): the head's bias
         for k0 in range(0, K, kc):
             ks = torch.arange(k0, min(K, k0 + kc), device=dev)
             if low_rank:

@@ -31,7 +31,17 @@ from .errors import StrideError
 logger = logging.getLogger(__name__)
 
 
-class _DesignOperator:
+class _LinearOperator:
+    """Shared by the implicit operators below: the Lipschitz constant of the Lasso's gradient, by power
+    iteration, computed once per operator (a fit's validation path and final solve reuse it)."""
+
+    def lipschitz(self, iters: int = 50) -> float:
+        if getattr(self, "_L", None) is None:
+            self._L = _power_lipschitz(self, iters)
+        return self._L
+
+
+class _DesignOperator(_LinearOperator):
     """Centred M (K, N) of a subset design, applied through its member lists `members` (N, S): M w adds
     each document's weight to its S subsets (scatter-add), M^T r sums the entries of its S subsets
     (gather). `rows` keeps only those subsets (in that order); the others go to a dummy slot K that is
@@ -69,10 +79,6 @@ class _DesignOperator:
             out += r[:, c]
         return out
 
-    def lipschitz(self, iters: int = 50) -> float:  # computed once per operator (fits reuse it)
-        if getattr(self, "_L", None) is None:
-            self._L = _power_lipschitz(self, iters)
-        return self._L
 
 
 def _power_lipschitz(op, iters: int) -> float:
@@ -99,7 +105,7 @@ def _as_sparse(M, device) -> torch.Tensor:
     return torch.from_numpy(np.asarray(M, dtype=np.float32)).to_sparse().coalesce().to(device)
 
 
-class _Operator:
+class _Operator(_LinearOperator):
     """Centred M (K, N) applied implicitly. Queries are batched: w (Q, N), y (Q, K)."""
 
     DENSE_LIMIT = 2 ** 25  # K*N below which a dense M is faster than sparse kernels
@@ -124,10 +130,6 @@ class _Operator:
         r = r - r.mean(dim=1, keepdim=True)
         return r @ self.dense if self.dense is not None else torch.sparse.mm(self.Mt, r.t()).t()
 
-    def lipschitz(self, iters: int = 50) -> float:  # computed once per operator (fits reuse it)
-        if getattr(self, "_L", None) is None:
-            self._L = _power_lipschitz(self, iters)
-        return self._L
 
 
 def fista(op: _Operator, y: torch.Tensor, lam: torch.Tensor, max_iter: int = 500, tol: float = 1e-6,
@@ -226,6 +228,7 @@ class LassoRecovery:
     tol: float = 1e-4
     device: str = "cpu"
     seed: int = 0
+    working_set: bool = True  # fista_working_set where it pays (N >= 8K); False: plain FISTA over all N
 
     def __post_init__(self):
         if not (self.alpha == "auto" or (isinstance(self.alpha, (int, float)) and self.alpha >= 0)):
@@ -252,13 +255,17 @@ class LassoRecovery:
         else:
             ratio = self.alpha_ratio or self._select_ratio(M, y)
             lam = ratio * self._lam_max(op, yc)
-        w = fista_working_set(op, yc, lam, self.max_iter, self.tol, self.positive)  # L computed only if needed
+        w = self._solve(op, yc, lam)
         self.influence_ = w.cpu().numpy()
         Mw = op.apply(w)
         self.intercept_ = (y - Mw).mean(dim=1).cpu().numpy()
         self.alpha_ = lam.cpu().numpy()
         self.alpha_ratio_ = ratio
         return self
+
+    def _solve(self, op, y, lam, w0=None):  # the Lipschitz constant is computed only where a solver needs it
+        solver = fista_working_set if self.working_set else fista
+        return solver(op, y, lam, self.max_iter, self.tol, self.positive, None, w0)
 
     def validation_errors(self, M, y) -> dict[float, np.ndarray]:
         """Per ratio in `ratios`: the squared error of each held-out subset (n_val,), summed over the
@@ -315,7 +322,7 @@ class LassoRecovery:
         w = None
         errs = {}
         for r in sorted(self.ratios, reverse=True):  # warm start from sparse to dense
-            w = fista_working_set(op, ytc, r * lam_max, self.max_iter, self.tol, self.positive, w0=w)
+            w = self._solve(op, ytc, r * lam_max, w0=w)
             # intercept of the training fit: mean residual over the training subsets
             b = ytr_mean.squeeze(1) - op.apply(w).mean(dim=1)
             pred = op_val.apply(w) + b[:, None]

@@ -100,25 +100,17 @@ def run_recovery_bench(N: int = 100_000, K: int = 1000, S: int = 10, queries: in
     y = np.stack([sum(np.bincount(members[:, s], weights=W[q], minlength=K) for s in range(S)) for q in range(queries)])
     y = y + g.normal(0, noise, y.shape)
 
-    def plain(op, yy, lam, max_iter=500, tol=1e-6, positive=False, L=None, w0=None):
-        return recovery.fista(op, yy, lam, max_iter, tol, positive, L, w0)
-
-    working_set = recovery.fista_working_set
     times: dict[str, list[float]] = {"full": [], "working_set": []}
     w_out = {}
-    try:
-        for _ in range(repeats):
-            for name, solver in (("full", plain), ("working_set", working_set)):
-                recovery.fista_working_set = solver  # LassoRecovery calls the module's solver
-                if device.startswith("cuda"):
-                    torch.cuda.synchronize()
-                t0 = time.perf_counter()
-                w_out[name] = recovery.LassoRecovery(device=device).fit(design, y).influence_
-                if device.startswith("cuda"):
-                    torch.cuda.synchronize()
-                times[name].append(time.perf_counter() - t0)
-    finally:
-        recovery.fista_working_set = working_set
+    for _ in range(repeats):
+        for name in ("full", "working_set"):
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            w_out[name] = recovery.LassoRecovery(device=device, working_set=(name == "working_set")).fit(design, y).influence_
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            times[name].append(time.perf_counter() - t0)
     med = {p: statistics.median(t) for p, t in times.items()}
     full, ws = w_out["full"], w_out["working_set"]
     planted = [np.flatnonzero(W[q]) for q in range(queries)]
