@@ -192,10 +192,19 @@ def run_queries(path: str, version: float) -> pd.DataFrame:
     cols = parquet_columns(path, version)
     cont = "any_value(continuation)" if "continuation" in cols else "NULL"
     loss = "any_value(query_loss)" if "query_loss" in cols else "NULL"
+    used = "any_value(prompt_used)" if "prompt_used" in cols else "NULL"
+    cut = "bool_or(truncated)" if "truncated" in cols else "false"
     return _pq_df(Path(path), f"""SELECT CAST(query_id AS VARCHAR) AS query_id, any_value(prompt) AS prompt,
                                         {cont} AS continuation, {loss} AS query_loss,
+                                        {used} AS prompt_used, {cut} AS truncated,
                                         count(*) AS n_rows, max(score) AS top_score
                                  FROM t GROUP BY query_id ORDER BY query_id""")
+
+
+@st.cache_data(ttl=TTL_S, show_spinner=False)
+def generic_documents(path: str, version: float) -> pd.DataFrame:
+    """The run's "helps every prompt" documents (generic.parquet), helpful first, by rank."""
+    return _pq_df(Path(path), "SELECT * FROM t ORDER BY direction DESC, rank")
 
 
 @st.cache_data(ttl=TTL_S, show_spinner=False)

@@ -112,12 +112,24 @@ class AttributeArgs(_Args):
     lambda_rule: str = "1se"  # how alpha="auto" picks lambda from validation: "1se" (sparsest within one SE) or "min"
     positive: bool = False
     center: bool = False  # subtract the reference documents' mean y; measured to lower LDS on both benchmarks
+    # "specific": rank by y minus the generic component measured on reference queries (stride_core.generic);
+    # "raw": by y as measured (documents that help every prompt alike then top every prompt)
+    ranking: str = "specific"
+    n_reference_queries: int = 64  # corpus documents used as reference queries for the generic component
+    # greedy decoding of the continuation; a tiny model's plain greedy output loops ("the default, and the" x5),
+    # and attributing a loop teaches nothing
+    repetition_penalty: float = 1.3
+    no_repeat_ngram_size: int = 3
     device: str = "auto"
 
     def __post_init__(self):
         _check(self.top_k >= 1, "top_k must be >= 1")
         _check(0 <= self.max_new_tokens <= 512, "max_new_tokens must be in 0..512")
         _check(self.lambda_rule in ("1se", "min"), "lambda_rule must be '1se' or 'min'")
+        _check(self.ranking in ("specific", "raw"), "ranking must be 'specific' or 'raw'")
+        _check(2 <= self.n_reference_queries <= 4096, "n_reference_queries must be in 2..4096")
+        _check(1.0 <= self.repetition_penalty <= 10.0, "repetition_penalty must be in 1..10 (1 = off)")
+        _check(0 <= self.no_repeat_ngram_size <= 32, "no_repeat_ngram_size must be in 0..32 (0 = off)")
         _check(self.alpha == "auto" or (isinstance(self.alpha, (int, float)) and self.alpha >= 0), "alpha must be 'auto' or >= 0")
 
 

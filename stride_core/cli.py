@@ -89,9 +89,15 @@ def cmd_model_train_tiny(args):
     from .tiny_model import TinyModelArgs, train_tiny
 
     targs = TinyModelArgs.preset(args.preset)
+    if args.max_docs is not None:
+        targs = TinyModelArgs(**{**targs.__dict__, "max_docs": None if args.max_docs == 0 else args.max_docs})
     m = train_tiny(_ws(args), args.corpus, args.out, targs, progress=not args.no_progress, device=resolve_device(args.device))
     print(f"saved model to {args.out}: {m['n_params']} parameters, {m['train_tokens']} training tokens, "
           f"{m['seconds']:.0f}s")
+    used = (f"all {m['n_used_docs']} documents" if m["n_used_docs"] == m["n_corpus_docs"] else
+            f"the first {m['n_used_docs']} of {m['n_corpus_docs']} documents (preset {args.preset!r} caps it for speed; "
+            f"--max-docs 0 or --preset default uses all)")
+    print(f"trained on {used} of corpus {args.corpus!r}: {m['n_train_docs']} for training, {m['n_val_docs']} held out")
     print(f"validation loss {m['val_loss']:.3f} nats/token vs unigram baseline {m['unigram_val_loss']:.3f}")
 
 
@@ -128,7 +134,25 @@ def _attr_args(args):
 
     alpha = args.alpha if args.alpha == "auto" else float(args.alpha)
     return AttributeArgs(top_k=args.top_k, max_new_tokens=args.max_new_tokens, alpha=alpha, positive=args.positive, device=args.device,
-                         lambda_rule=args.lambda_rule)
+                         lambda_rule=args.lambda_rule, ranking=args.ranking, repetition_penalty=args.repetition_penalty,
+                         no_repeat_ngram_size=args.no_repeat_ngram_size)
+
+
+def _prompts_from_args(args):
+    """--prompts FILE, or one --prompt TEXT (with an optional --completion TEXT to attribute)."""
+    from .errors import InputError
+
+    if (args.prompts is None) == (args.prompt is None):
+        raise InputError("give either --prompts FILE or --prompt TEXT")
+    if args.completion is not None and args.prompt is None:
+        raise InputError("--completion goes with --prompt TEXT; in a prompts file use a 'completion' field (JSONL)")
+    if args.prompt is not None:
+        if not args.prompt.strip():
+            raise InputError("--prompt is empty")
+        if args.completion is not None and not args.completion.strip():
+            raise InputError("--completion is empty: leave it out to attribute the model's own continuation")
+        return [{"query_id": "q000", "prompt": args.prompt, **({"completion": args.completion} if args.completion is not None else {})}]
+    return args.prompts
 
 
 def cmd_index(args):
@@ -150,7 +174,7 @@ def _print_top(df, n=5):
 def cmd_attribute(args):
     from .pipeline import attribute
 
-    df = attribute(_ws(args), args.run, args.prompts, _attr_args(args), out=args.out, progress=not args.no_progress)
+    df = attribute(_ws(args), args.run, _prompts_from_args(args), _attr_args(args), out=args.out, progress=not args.no_progress)
     _print_top(df)
     print(f"\n{df['query_id'].nunique()} prompts, {len(df)} ranked rows" + (f" written to {args.out}" if args.out else ""))
 
@@ -158,7 +182,7 @@ def cmd_attribute(args):
 def cmd_run(args):
     from .pipeline import run_all
 
-    df = run_all(_ws(args), args.run, _config_from_args(args), args.prompts, _attr_args(args), device=args.device,
+    df = run_all(_ws(args), args.run, _config_from_args(args), _prompts_from_args(args), _attr_args(args), device=args.device,
                  overwrite=args.overwrite, progress=not args.no_progress, out=args.out)
     _print_top(df, 3)
 
@@ -188,7 +212,18 @@ def _add_index_args(x):
 
 
 def _add_attr_args(x, with_device=True):
-    x.add_argument("--prompts", required=True, help=".txt (one prompt per line), .jsonl (field 'prompt' or 'text') or .json (a list of objects)")
+    x.add_argument("--prompts", default=None, help=".txt (one prompt per line), .jsonl (field 'prompt' or 'text', optional "
+                                                 "'completion') or .json (a list of objects)")
+    x.add_argument("--prompt", default=None, help="one prompt given on the command line (instead of --prompts)")
+    x.add_argument("--completion", default=None, help="with --prompt: the text to attribute (teacher forcing: why did the model "
+                                                      "say this?) instead of the model's own greedy continuation")
+    x.add_argument("--ranking", choices=["specific", "raw"], default="specific",
+                   help="rank by what is specific to each prompt (default: the generic component, measured on reference "
+                        "queries, is removed and reported apart in generic.parquet), or by the raw measurements")
+    x.add_argument("--repetition-penalty", dest="repetition_penalty", type=float, default=1.3,
+                   help="greedy decoding's repetition penalty (1 = off)")
+    x.add_argument("--no-repeat-ngram", dest="no_repeat_ngram_size", type=int, default=3,
+                   help="greedy decoding never repeats an n-gram of this length (0 = off)")
     x.add_argument("--top-k", dest="top_k", type=int, default=50)
     x.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, default=32, help="greedy continuation length")
     x.add_argument("--alpha", default="auto", help="Lasso lambda, or 'auto' (held-out subset validation)")
@@ -255,6 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--corpus", required=True)
     x.add_argument("--out", required=True)
     x.add_argument("--preset", choices=["ci", "default"], default="default")
+    x.add_argument("--max-docs", dest="max_docs", type=int, default=None,
+                   help="train on the first N documents only (0 = all; preset ci: 400, default: all)")
     x.add_argument("--device", default="auto", help="auto, cpu or cuda")
     x.set_defaults(func=cmd_model_train_tiny)
     x = sm.add_parser("check", help="validate and load a local Hugging Face causal-LM folder", parents=[common])

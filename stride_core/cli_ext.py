@@ -36,3 +36,7 @@ BENCH_REGISTRATIONS.append(_register_scale_bench)
 from .bench.speed import register as _register_speed_bench  # noqa: E402  `stride bench measure|recovery`
 
 BENCH_REGISTRATIONS.append(_register_speed_bench)
+
+from .bench.tracing import register as _register_tracing_bench  # noqa: E402  `stride bench tracing`
+
+BENCH_REGISTRATIONS.append(_register_tracing_bench)

@@ -373,7 +373,7 @@ def attribute(ws, run: str, prompts, comm: Comm, args=None, out=None, progress: 
     writes them); the other ranks return None."""
     from .activations import features_in_memory
     from .arguments import AttributeArgs
-    from .pipeline import _generate, open_run, read_prompts, write_attributions
+    from .pipeline import _generate, open_run, query_items, read_prompts, write_attributions, write_generic
     from .progress import Reporter
 
     args = args or AttributeArgs()
@@ -396,19 +396,20 @@ def attribute(ws, run: str, prompts, comm: Comm, args=None, out=None, progress: 
         mine = prompts[lo:hi]
 
         def measure_mine():
-            gens = _generate(task, mine, args.max_new_tokens) if mine else []
-            items = [(g["prompt_ids"] + g["continuation_ids"], len(g["prompt_ids"])) if g["continuation_ids"]
-                     else (g["prompt_ids"], 0) for g in gens]
-            if not items:
+            gens = _generate(task, mine, args) if mine else []
+            if not gens:
                 return gens, np.zeros((0, est.design_.K), np.float32), np.zeros(0, np.float32)
-            y, base = est.measure(features_in_memory(task, items))
+            y, base = est.measure(features_in_memory(task, query_items(gens)))
             return gens, y, base
 
         gens, y, base = comm.agree(measure_mine)
+        # every process measures the same seeded reference queries (deterministic); rank 0 saves them
+        generic = comm.agree(opened.generic_component, args, main) if args.ranking == "specific" else None
+        y_rank = y if generic is None else y - generic.y_mean[None]
         rep.update(0.5, "recovering")
-        ratio = comm.agree(choose_ratio, est, y, comm, dargs.query_batch)
+        ratio = comm.agree(choose_ratio, est, y_rank, comm, dargs.query_batch)
         k = min(args.top_k, cache.n_docs)
-        tops = comm.agree(recover_top, est, y, k, dargs.query_batch, ratio)
+        tops = comm.agree(recover_top, est, y_rank, k, dargs.query_batch, ratio)
         doc_ids = np.asarray(cache.doc_ids)
         rows = []
         for g, (hp, hm, vals), b in zip(gens, tops, base):
@@ -417,13 +418,15 @@ def attribute(ws, run: str, prompts, comm: Comm, args=None, out=None, progress: 
                 for rank, j in enumerate(idx, 1):
                     rows.append({"query_id": g["query_id"], "prompt": g["prompt"], "continuation": g["continuation"],
                                  "direction": direction, "rank": rank, "doc_id": int(doc_ids[j]), "score": float(scores[int(j)]),
-                                 "query_loss": float(b)})
+                                 "query_loss": float(b), "prompt_used": g["prompt_used"], "truncated": g["truncated"]})
         gathered = comm.all_gather_object((rows, y))
         if not main:
             return None
 
         all_rows = [r for part, _ in gathered for r in part]
         df = write_attributions(ws, run, config, all_rows, np.concatenate([part_y for _, part_y in gathered]), out)
+        if generic is not None:
+            write_generic(ws, run, config, est.recover(generic.y_mean[None]).influence_[0], doc_ids, k)
         rep.stage("attributed", f"{len(prompts)} prompts attributed on {comm.world} processes")
         rep.finish("done")
         return df
@@ -462,7 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .cli import _attr_args, _config_from_args, _print_top, _ws
+    from .cli import _attr_args, _config_from_args, _print_top, _prompts_from_args, _ws
 
     args = build_parser().parse_args(argv)
     rank = int(os.environ.get("RANK", "0"))
@@ -485,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("attribute", "run"):
             attr = _attr_args(args)
             attr.device = dev
-            df = attribute(ws, args.run, args.prompts, comm, attr, out=args.out, progress=progress, dargs=dargs)
+            df = attribute(ws, args.run, _prompts_from_args(args), comm, attr, out=args.out, progress=progress, dargs=dargs)
             if df is not None:
                 _print_top(df, 5 if args.command == "attribute" else 3)
                 print(f"\n{df['query_id'].nunique()} prompts, {len(df)} ranked rows" + (f" written to {args.out}" if args.out else ""))

@@ -52,6 +52,7 @@ RESULT_FILES = {
     "attributions": "attributions.parquet",
     "contamination": "contamination.parquet",
     "selection": "selection.parquet",
+    "generic": "generic.parquet",  # documents that help every prompt alike (stride_core.generic)
 }
 PRESETS = ("ci", "default")
 MAX_PROMPTS = 10_000

@@ -36,6 +36,8 @@ from .progress import Reporter, read_status
 logger = logging.getLogger(__name__)
 
 ATTRIBUTION_COLUMNS = ["query_id", "prompt", "continuation", "direction", "rank", "doc_id", "score", "snippet"]
+# Parquet-only columns: the prompt text actually scored (after cutting to max_tokens) and whether it was cut.
+PROMPT_USE_COLUMNS = ["prompt_used", "truncated"]
 
 
 @dataclass
@@ -77,6 +79,8 @@ def provenance(device: str) -> dict:
 # A preset's K is scaled down on corpora too small for it: K = 0.6 N subsets (S unchanged, at most K) is
 # where both LDS benchmarks were measured (tiny-lm K=600 and digits K=800 for N=1000).
 SMALL_CORPUS_K_FRACTION = 0.6
+# Reference queries (generic component): each reference document's prompt is its first 24 tokens at most.
+REFERENCE_PROMPT_TOKENS = 24
 
 
 def make_config(corpus: str, model: str, preset_name: str = "default", shards=None, n_docs: int | None = None,
@@ -233,9 +237,9 @@ def index(ws, run: str, config: IndexConfig, device: str = "auto", overwrite: bo
 
 
 def read_prompts(path) -> list[dict]:
-    """.txt (one prompt per line), .jsonl (field `prompt`, or `text`; optional `query_id`/`prompt_id`/`id`)
-    or .json (a list of such objects) -> [{"query_id", "prompt"}]. Blank prompts are skipped; duplicate
-    ids raise."""
+    """.txt (one prompt per line), .jsonl (field `prompt`, or `text`; optional `query_id`/`prompt_id`/`id` and
+    `completion`, the text to attribute instead of the model's own continuation) or .json (a list of such
+    objects) -> [{"query_id", "prompt"[, "completion"]}]. Blank prompts are skipped; duplicate ids raise."""
     from .items import file_kind, read_text_file
 
     p = Path(path)
@@ -254,7 +258,10 @@ def parse_prompts(raw: str, suffix: str, where="prompts") -> list[dict]:
             if not isinstance(text, str):
                 raise InputError(f"{loc}: each prompt needs a string field 'prompt' (or 'text')")
             qid = next((obj[k] for k in ("query_id", "prompt_id", "id") if obj.get(k) is not None), f"q{len(out):03d}")
-            out.append({"query_id": str(qid), "prompt": text})
+            completion = obj.get("completion")
+            if completion is not None and not (isinstance(completion, str) and completion.strip()):
+                raise InputError(f"{loc}: 'completion' must be a non-empty string (the text to attribute), or left out")
+            out.append({"query_id": str(qid), "prompt": text, **({"completion": completion} if completion is not None else {})})
     elif suffix == ".txt":
         out = [{"query_id": f"q{i:03d}", "prompt": line} for i, line in enumerate(l for l in raw.splitlines() if l.strip())]
     else:
@@ -280,34 +287,65 @@ def load_run(ws, run: str) -> tuple[Path, IndexConfig]:
     return rdir, config
 
 
-def _generate(task, prompts: list[dict], max_new_tokens: int) -> list[dict]:
+def _generate(task, prompts: list[dict], args: AttributeArgs | int) -> list[dict]:
+    """Each prompt with its token ids and the continuation to attribute: the prompt's `completion` when it
+    has one (teacher forcing: "why did the model say X?"), else the model's greedy continuation with the
+    repetition settings of `args` (an int is taken as max_new_tokens with the default settings).
+
+    Prompt + continuation must fit in the run's `max_tokens` (the index setting, cache.max_tokens): a longer
+    prompt keeps its last tokens and a longer completion its first ones, with a warning naming the limit.
+    Each output dict holds `prompt_used` (the prompt text actually scored) and `truncated`."""
     import torch
 
+    args = args if isinstance(args, AttributeArgs) else AttributeArgs(max_new_tokens=int(args))
     tok, model = task.tokenizer, task.model
-    budget = task.max_tokens - max_new_tokens
-    if budget < 1:
-        raise StrideError(f"max_new_tokens={max_new_tokens} leaves no room for the prompt within max_tokens={task.max_tokens}")
-    out = []
-    truncated = []
+    limit = task.max_tokens
+    out, cut_prompt, cut_completion = [], [], []
     for p in prompts:
-        ids = tok(p["prompt"], add_special_tokens=False)["input_ids"]
+        ids = list(p["prompt_ids"]) if p.get("prompt_ids") is not None else tok(p["prompt"], add_special_tokens=False)["input_ids"]
         if not ids:
             raise InputError(f"prompt {p['query_id']!r} tokenizes to nothing")
-        if len(ids) > budget:
-            truncated.append(p["query_id"])
+        completion = p.get("completion")
+        if completion is not None:
+            cont = tok(completion, add_special_tokens=False)["input_ids"]
+            if not cont:
+                raise InputError(f"the completion of prompt {p['query_id']!r} tokenizes to nothing")
+            if len(cont) > limit - 1:
+                cut_completion.append(p["query_id"])
+                cont = cont[: limit - 1]
+            budget = limit - len(cont)
+        else:
+            budget = limit - args.max_new_tokens
+            if budget < 1:
+                raise StrideError(f"max_new_tokens={args.max_new_tokens} leaves no room for the prompt within the run's "
+                                  f"max_tokens={limit}: lower --max-new-tokens")
+        truncated = len(ids) > budget
+        if truncated:
+            cut_prompt.append(p["query_id"])
             ids = ids[-budget:]  # keep the end: it conditions the continuation
-        cont: list[int] = []
-        if max_new_tokens > 0:
-            with torch.no_grad():
-                inp = torch.tensor([[task.bos, *ids]], device=task.device)
-                gen = model.generate(inp, attention_mask=torch.ones_like(inp), max_new_tokens=max_new_tokens, do_sample=False,
-                                     pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-            cont = [t for t in gen[0, inp.shape[1]:].tolist()]
-            if tok.eos_token_id in cont:
-                cont = cont[: cont.index(tok.eos_token_id)]
-        out.append({**p, "prompt_ids": ids, "continuation_ids": cont, "continuation": tok.decode(cont)})
-    if truncated:
-        logger.warning("prompts longer than the context were truncated to their last %d tokens: %s", budget, ", ".join(truncated))
+        if completion is None:
+            cont = []
+            if args.max_new_tokens > 0:
+                with torch.no_grad():
+                    inp = torch.tensor([[task.bos, *ids]], device=task.device)
+                    gen = model.generate(inp, attention_mask=torch.ones_like(inp), max_new_tokens=args.max_new_tokens,
+                                         do_sample=False, repetition_penalty=args.repetition_penalty,
+                                         no_repeat_ngram_size=args.no_repeat_ngram_size,
+                                         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+                cont = gen[0, inp.shape[1]:].tolist()
+                if tok.eos_token_id in cont:
+                    cont = cont[: cont.index(tok.eos_token_id)]
+        text = p.get("prompt")
+        used = tok.decode(ids) if truncated or text is None else text
+        out.append({**p, "prompt_ids": ids, "continuation_ids": cont, "continuation": completion if completion is not None else tok.decode(cont),
+                    "prompt_used": used, "truncated": truncated})
+    if cut_prompt:
+        logger.warning("%d prompt(s) truncated to their last tokens to fit the run's max_tokens=%d (an index setting, "
+                       "`stride index --max-tokens`; the model's own context is %d): %s", len(cut_prompt), limit,
+                       task.context, ", ".join(map(str, cut_prompt[:20])))
+    if cut_completion:
+        logger.warning("%d completion(s) truncated to their first %d tokens (the run's max_tokens=%d): %s", len(cut_completion),
+                       limit - 1, limit, ", ".join(map(str, cut_completion[:20])))
     return out
 
 
@@ -335,6 +373,31 @@ class OpenRun:
         y, base = self.estimator.measure(qfeat)
         rec = self.estimator.recover(y)
         return rec.influence_, y, base
+
+    def generic_component(self, args: AttributeArgs, save: bool = True):
+        """The query-independent component c (K_total,) of y for this run and generation setting
+        (stride_core.generic), loaded from runs/<run>/generic.safetensors or measured on the run's
+        reference queries (seeded corpus documents continued like user prompts) and saved."""
+        from .activations import features_in_memory
+        from .generic import GENERIC_FILE, GenericComponent, masked_mean, reference_prompts
+        from .tokens import TokenStore
+
+        key = {"n": args.n_reference_queries, "seed": self.config.subsets.seed, "prompt_tokens": REFERENCE_PROMPT_TOKENS,
+               "max_new_tokens": args.max_new_tokens, "repetition_penalty": args.repetition_penalty,
+               "no_repeat_ngram_size": args.no_repeat_ngram_size, "center": args.center}
+        path = self.rdir / GENERIC_FILE
+        found = GenericComponent.load(path, key)
+        if found is not None:
+            return found
+        rows, ids = reference_prompts(TokenStore.open(self.rdir / "tokens"), args.n_reference_queries, self.config.subsets.seed,
+                                      REFERENCE_PROMPT_TOKENS)
+        refs = [{"query_id": f"ref{int(r)}", "prompt": None, "prompt_ids": i} for r, i in zip(rows, ids)]
+        y_ref, _ = self.estimator.measure(features_in_memory(self.task, query_items(_generate(self.task, refs, args))))
+        comp = GenericComponent(masked_mean(y_ref, self.design.members[rows]).astype(np.float32), rows, key)
+        if save:
+            _atomic_save(comp.save, path)
+        logger.info("generic component measured on %d reference queries", len(rows))
+        return comp
 
     def encode(self, texts: list[str], names: list[str]) -> list[tuple[list[int], int]]:
         """Token items scoring every token of each text (an evaluation item used as a query); texts longer
@@ -395,28 +458,64 @@ def attribute(ws, run: str, prompts: list[dict] | str | Path, args: AttributeArg
     rdir, config, task, cache = opened.rdir, opened.config, opened.task, opened.cache
     rep = reporter or Reporter(rdir, run)
     rep.stage("attribute", f"{len(prompts)} prompts")
-    gens = _generate(task, prompts, args.max_new_tokens)
-    rep.update(0.3, "measuring and recovering")
-    items = []
-    for g in gens:
-        if g["continuation_ids"]:
-            items.append((g["prompt_ids"] + g["continuation_ids"], len(g["prompt_ids"])))
-        else:  # no continuation: attribute the prompt's own tokens
-            items.append((g["prompt_ids"], 0))
-    W, y, base = opened.influence(items)  # (Q, N), (Q, K), (Q,)
+    gens = _generate(task, prompts, args)
+    rep.update(0.2, "measuring")
+    from .activations import features_in_memory
+
+    y, base = opened.estimator.measure(features_in_memory(task, query_items(gens)))  # (Q, K), (Q,)
+    generic = None
+    if args.ranking == "specific":
+        rep.update(0.4, "generic component (reference queries)")
+        generic = opened.generic_component(args)
+    rep.update(0.6, "recovering")
+    W = opened.estimator.recover(y if generic is None else y - generic.y_mean[None]).influence_  # (Q, N)
     k = min(args.top_k, W.shape[1])
+    rows = ranked_rows(gens, W, base, cache.doc_ids, k)
+    df = write_attributions(ws, run, config, rows, y, out)
+    if generic is not None:
+        write_generic(ws, run, config, opened.estimator.recover(generic.y_mean[None]).influence_[0], cache.doc_ids, k)
+    rep.stage("attributed", f"{len(prompts)} prompts attributed")
+    if reporter is None:
+        rep.finish("done")
+    return df
+
+
+def query_items(gens: list[dict]) -> list[tuple[list[int], int]]:
+    """(token ids, first scored position) of each generated/completed prompt: the continuation is scored;
+    a prompt without one has its own tokens scored."""
+    return [(g["prompt_ids"] + g["continuation_ids"], len(g["prompt_ids"])) if g["continuation_ids"] else (g["prompt_ids"], 0)
+            for g in gens]
+
+
+def ranked_rows(gens: list[dict], W: np.ndarray, base: np.ndarray, doc_ids, k: int) -> list[dict]:
+    """The attributions rows: each prompt's k most helpful and k most harmful non-zero documents."""
     rows = []
     for qi, g in enumerate(gens):
         helpful, harmful = top_nonzero(W[qi], k)
         for direction, idx in (("helpful", helpful), ("harmful", harmful)):
             for rank, j in enumerate(idx, 1):
-                s = float(W[qi, j])
                 rows.append({"query_id": g["query_id"], "prompt": g["prompt"], "continuation": g["continuation"], "direction": direction,
-                             "rank": rank, "doc_id": int(cache.doc_ids[j]), "score": s, "query_loss": float(base[qi])})
-    df = write_attributions(ws, run, config, rows, y, out)
-    rep.stage("attributed", f"{len(prompts)} prompts attributed")
-    if reporter is None:
-        rep.finish("done")
+                             "rank": rank, "doc_id": int(doc_ids[j]), "score": float(W[qi, j]), "query_loss": float(base[qi]),
+                             "prompt_used": g.get("prompt_used", g["prompt"]), "truncated": bool(g.get("truncated", False))})
+    return rows
+
+
+def write_generic(ws, run: str, config: IndexConfig, w: np.ndarray, doc_ids, k: int) -> pd.DataFrame:
+    """The "helps every prompt" view: Lasso of the generic component, top k per direction, with document
+    metadata, to runs/<run>/generic.parquet."""
+    from .corpus import corpus_info, load_documents
+    from .generic import GENERIC_TABLE
+
+    helpful, harmful = top_nonzero(w, k)
+    df = pd.DataFrame([{"direction": d, "rank": r, "doc_id": int(doc_ids[j]), "score": float(w[j])}
+                       for d, idx in (("helpful", helpful), ("harmful", harmful)) for r, j in enumerate(idx, 1)],
+                      columns=["direction", "rank", "doc_id", "score"])
+    meta_cols = corpus_info(ws, config.corpus)["metadata_columns"]
+    if len(df):
+        docs = load_documents(ws, config.corpus, columns=["doc_id", "text", *meta_cols], doc_ids=sorted(set(df["doc_id"])))
+        docs["snippet"] = docs["text"].map(lambda t: " ".join(t.split())[:300])
+        df = df.merge(docs.drop(columns=["text"]), on="doc_id", how="left")
+    _atomic_save(lambda p: df.to_parquet(p, index=False), ws.run_dir(run) / GENERIC_TABLE)
     return df
 
 
@@ -426,7 +525,7 @@ def write_attributions(ws, run: str, config: IndexConfig, rows: list[dict], y: n
     from .corpus import corpus_info, load_documents
 
     rdir = ws.run_dir(run)
-    df = pd.DataFrame(rows, columns=ATTRIBUTION_COLUMNS[:-1] + ["query_loss"])
+    df = pd.DataFrame(rows, columns=ATTRIBUTION_COLUMNS[:-1] + ["query_loss", *PROMPT_USE_COLUMNS])
     meta_cols = corpus_info(ws, config.corpus)["metadata_columns"]
     if len(df):
         docs = load_documents(ws, config.corpus, columns=["doc_id", "text", *meta_cols], doc_ids=sorted(set(df["doc_id"])))
@@ -436,7 +535,7 @@ def write_attributions(ws, run: str, config: IndexConfig, rows: list[dict], y: n
         df["snippet"] = pd.Series(dtype=str)
         for c in meta_cols:
             df[c] = pd.Series(dtype=str)
-    df = df[ATTRIBUTION_COLUMNS + ["query_loss", *meta_cols]]
+    df = df[ATTRIBUTION_COLUMNS + ["query_loss", *PROMPT_USE_COLUMNS, *meta_cols]]
     np.save(rdir / "last_measurements.npy", y)  # per-query measurements, for auditability
     _atomic_save(lambda p: df.to_parquet(p, index=False), rdir / "attributions.parquet")
     if out is not None:
@@ -461,7 +560,7 @@ def write_table(df: pd.DataFrame, path: Path):
 def _store_attributions(ws, run: str, df: pd.DataFrame):
     """Replace this run's rows in the DuckDB `attributions` table (one short write transaction)."""
     fixed = ATTRIBUTION_COLUMNS + ["query_loss"]
-    meta = [c for c in df.columns if c not in fixed]
+    meta = [c for c in df.columns if c not in fixed and c not in PROMPT_USE_COLUMNS]
     rows = df[fixed].copy()
     rows.insert(0, "run", run)
     rows["metadata"] = df[meta].apply(lambda r: json.dumps({k: (None if pd.isna(v) else v) for k, v in r.items()}, default=str), axis=1) if meta and len(df) else "{}"

@@ -39,6 +39,8 @@ class TinyModelArgs:
             raise StrideError("n_embd must be divisible by n_head")
         if not (0 < self.val_fraction < 0.5):
             raise StrideError("val_fraction must be in (0, 0.5)")
+        if self.max_docs is not None and self.max_docs < 2:
+            raise StrideError("max_docs must be >= 2 (or None / --max-docs 0 for the whole corpus)")
         if self.epochs <= 0 or self.batch_size < 1 or self.block_size < 8:
             raise StrideError("epochs must be > 0, batch_size >= 1 and block_size >= 8")
 
@@ -156,8 +158,14 @@ def train_tiny(ws, corpus: str, out_dir: str | Path, args: TinyModelArgs, progre
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
+    from .corpus import corpus_info
+
+    n_corpus = int(corpus_info(ws, corpus)["n_docs"])
     docs = load_documents(ws, corpus, columns=["doc_id", "text"], limit=args.max_docs)
     texts = docs["text"].tolist()
+    if len(texts) < n_corpus:
+        logger.warning("training on the first %d of the %d documents of corpus %r (max_docs=%d); documents beyond them "
+                       "are unseen by the model, so they cannot be memorised or traced", len(texts), n_corpus, corpus, args.max_docs)
     train_idx, val_idx = split_docs(len(texts), args.val_fraction, args.seed)
     tok = train_tokenizer([texts[i] for i in train_idx], args.vocab_size, out_dir)
     eos = tok.eos_token_id
@@ -173,7 +181,7 @@ def train_tiny(ws, corpus: str, out_dir: str | Path, args: TinyModelArgs, progre
     uni = unigram_loss(train_ids, val_ids, len(tok))
     model.to("cpu").save_pretrained(out_dir, safe_serialization=True)
     metrics = {
-        "corpus": corpus, "n_train_docs": len(train_idx), "n_val_docs": len(val_idx),
+        "corpus": corpus, "n_corpus_docs": n_corpus, "n_used_docs": len(texts), "n_train_docs": len(train_idx), "n_val_docs": len(val_idx),
         "train_tokens": int(blocks.size), "n_params": sum(p.numel() for p in model.parameters()),
         "final_train_loss": float(np.mean(trace[-20:])), "val_loss": val, "unigram_val_loss": uni,
         "seconds": time.time() - t0, "args": asdict(args), "val_doc_ids": docs["doc_id"].iloc[val_idx].tolist(),

@@ -52,10 +52,23 @@ with common.guard("the Influence explorer"):
     prompt = str(by_q.loc[qid, "prompt"])
     cont = by_q.loc[qid, "continuation"]
     cont = "" if cont is None or (isinstance(cont, float) and cont != cont) else str(cont)
-    common.html_block(f"<b>{html.escape(prompt)}</b><span style='color:#1565c0'>{html.escape(cont)}</span>", max_height=160)
+    used = by_q.loc[qid, "prompt_used"] if "prompt_used" in by_q.columns else None
+    cut = bool(by_q.loc[qid, "truncated"]) if "truncated" in by_q.columns else False
+    if cut and isinstance(used, str) and used.strip() and prompt.endswith(used.strip()[-20:]):
+        # the run scored only the end of a long prompt: grey out the part the model never saw
+        tail = len(used.strip())
+        shown = (f"<span style='color:#9e9e9e;text-decoration:line-through'>{html.escape(prompt[:-tail])}</span>"
+                 f"<b>{html.escape(prompt[-tail:])}</b>")
+    else:
+        shown = f"<b>{html.escape(prompt)}</b>"
+    common.html_block(f"{shown}<span style='color:#1565c0'>{html.escape(cont)}</span>", max_height=160)
     qloss = by_q.loc[qid, "query_loss"] if "query_loss" in by_q.columns else None
-    st.caption("Bold: the prompt. Blue: the model's continuation — the text whose loss STRIDE attributes."
+    st.caption("Bold: the prompt. Blue: the continuation — the text whose loss STRIDE attributes."
                + (f" The model's loss on it: {float(qloss):.3f} nats." if qloss is not None and qloss == qloss else ""))
+    if cut:
+        st.warning("This prompt was longer than the run's `max_tokens` (an index setting, `stride index --max-tokens`), "
+                   "so only its end (bold) was used; the struck-out part was not seen by the model.",
+                   icon=":material/content_cut:")
     st.info(SIGN_NOTE, icon=":material/info:")
 
     rk = queries.rankings(path, qid, version)
@@ -83,7 +96,7 @@ with common.guard("the Influence explorer"):
         else:
             st.dataframe(harmful[show_cols], hide_index=True, key="harmful_table", column_config=col_cfg)
 
-    t_chart, t_dist, t_cross = st.tabs(["Chart", "Score distribution", "Across prompts"])
+    t_chart, t_dist, t_cross, t_generic = st.tabs(["Chart", "Score distribution", "Across prompts", "Helps every prompt"])
     with t_chart:
         st.plotly_chart(figures.ranking_bars(rk, meta, top=top), key="ranking_chart")
     with t_dist:
@@ -111,6 +124,19 @@ with common.guard("the Influence explorer"):
             st.plotly_chart(figures.recurrence_heatmap(scores[scores["direction"] == direction],
                                                        [int(d) for d in rec["doc_id"].head(30)], qids),
                             key="recurrence_heatmap")
+
+    with t_generic:
+        gpath = queries.result_path(root, r["run"], "generic")
+        if not gpath.exists():
+            st.info("This run was attributed with `--ranking raw` (or before generic components existed): its rankings "
+                    "include the documents that help every prompt alike.")
+        else:
+            st.caption("The generic component: documents whose subsets lower the loss of almost any prompt (measured on "
+                       "reference queries, seeded corpus documents continued like your prompts). Rankings above are what "
+                       "is specific to each prompt, with this component removed; `stride attribute --ranking raw` keeps it in.")
+            gdf = queries.generic_documents(str(gpath), queries.file_version(gpath))
+            g_cols = [c for c in ["direction", "rank", "doc_id", "score", *meta, "snippet"] if c in gdf.columns]
+            st.dataframe(gdf[g_cols], hide_index=True, key="generic_table", column_config=col_cfg)
 
     # ---------------------------------------------------------------------------- document viewer
     st.subheader("Document")

@@ -1,0 +1,144 @@
+"""Query-specific rankings (the generic component removed), given completions, and the tracing bench."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from stride_core.arguments import AttributeArgs
+from stride_core.errors import InputError, StrideError
+from stride_core.generic import GENERIC_FILE, GENERIC_TABLE, masked_mean
+from stride_core.pipeline import attribute, index, make_config, read_prompts
+from stride_core.recovery import LassoRecovery
+from stride_core.subsets import SubsetDesign
+
+
+def test_masked_mean_leaves_out_each_rows_own_subsets():
+    y = np.array([[1.0, 10.0, 3.0], [5.0, 7.0, 100.0]])
+    members = np.array([[1], [2]])  # row 0 is in subset 1, row 1 in subset 2
+    assert np.allclose(masked_mean(y, members), [3.0, 7.0, 3.0])
+
+
+def test_removing_a_common_component_recovers_each_querys_own_documents():
+    """Planted truth: every query's y = M (w_generic + w_q). Raw recovery puts the generic documents on top of
+    every query; after subtracting the generic component (measured as the mean of reference queries with
+    their own subsets left out) each query's top documents are its own planted ones."""
+    rng = np.random.default_rng(0)
+    N, K, S, Q = 400, 160, 4, 6
+    design = SubsetDesign.random(np.arange(N), K, S, seed=1)
+    M = design.dense()  # (K, N)
+    w_gen = np.zeros(N)
+    w_gen[[3, 50, 77]] = 2.0  # helps every query alike
+    own = [rng.choice(np.arange(100, N), 2, replace=False) for _ in range(Q)]
+    W = np.zeros((Q, N))
+    for q in range(Q):
+        W[q, own[q]] = 1.0
+    Y = (W + w_gen) @ M.T + 0.01 * rng.standard_normal((Q, K))
+    # reference queries: other documents' self-effects plus the generic one
+    R = 40
+    refs = rng.choice(np.arange(100, N), R, replace=False)
+    Wr = np.zeros((R, N))
+    Wr[np.arange(R), refs] = 1.0
+    Yr = (Wr + w_gen) @ M.T
+    c = masked_mean(Yr, design.members[refs])
+    raw = LassoRecovery(alpha="auto").fit(design, Y).influence_
+    spec = LassoRecovery(alpha="auto").fit(design, Y - c[None]).influence_
+    for q in range(Q):
+        assert set(np.argsort(-raw[q])[:3]) == {3, 50, 77}
+        assert set(np.argsort(-spec[q])[:2]) == set(own[q].tolist())
+    assert np.allclose(c, w_gen @ M.T, atol=0.05)
+
+
+@pytest.fixture(scope="module")
+def run(pydocs_ws, tmp_path_factory):
+    from stride_core.corpus import import_corpus, list_corpora, load_documents
+
+    ws, model_dir = pydocs_ws
+    if "gen" not in [r["name"] for r in list_corpora(ws)]:
+        src = tmp_path_factory.mktemp("gen") / "gen.jsonl"
+        load_documents(ws, "pydocs", columns=["text", "source"], limit=160).to_json(src, orient="records", lines=True)
+        import_corpus(ws, src, "gen")
+    index(ws, "g1", make_config("gen", str(model_dir), "ci", **{"subsets.K": 40, "operators.steps": 20}), device="cpu", progress=False)
+    return ws
+
+
+ARGS = dict(top_k=5, max_new_tokens=6, device="cpu", n_reference_queries=16)
+
+
+def test_specific_ranking_is_the_default_and_never_depends_on_other_prompts(run):
+    ws = run
+    a = [{"query_id": "a", "prompt": "The json module"}]
+    b = [{"query_id": "b", "prompt": "A socket connects to"}]
+    alone = attribute(ws, "g1", a, AttributeArgs(**ARGS), progress=False)
+    gen_file = ws.run_dir("g1") / GENERIC_FILE
+    mtime = gen_file.stat().st_mtime
+    both = attribute(ws, "g1", a + b, AttributeArgs(**ARGS), progress=False)
+    assert gen_file.stat().st_mtime == mtime  # measured once per run and setting, then reused
+    same = both[both["query_id"] == "a"]
+    assert alone["doc_id"].tolist() == same["doc_id"].tolist()
+    assert np.allclose(alone["score"], same["score"], rtol=1e-4, atol=1e-7)  # float summation order only
+    generic = pd.read_parquet(ws.run_dir("g1") / GENERIC_TABLE)
+    assert {"direction", "rank", "doc_id", "score", "snippet"} <= set(generic.columns)
+    raw = attribute(ws, "g1", a, AttributeArgs(**ARGS, ranking="raw"), progress=False)
+    assert not np.allclose(raw["score"].to_numpy()[:3], alone["score"].to_numpy()[:3])  # the generic part was removed
+    y = np.load(ws.run_dir("g1") / "last_measurements.npy")  # the raw measurements stay available
+    assert y.shape[0] == 1
+
+
+def test_given_completion_is_attributed_by_teacher_forcing(run, tmp_path):
+    ws = run
+    p = tmp_path / "p.jsonl"
+    p.write_text(json.dumps({"id": "c", "prompt": "The json module", "completion": " encodes objects as strings."}) + "\n")
+    assert read_prompts(p)[0]["completion"] == " encodes objects as strings."
+    df = attribute(ws, "g1", p, AttributeArgs(**ARGS), progress=False)
+    assert set(df["continuation"]) == {" encodes objects as strings."}
+    gen = attribute(ws, "g1", [{"query_id": "c", "prompt": "The json module"}], AttributeArgs(**ARGS), progress=False)
+    assert gen["continuation"].iloc[0] != " encodes objects as strings."
+    # a generated continuation given back as the completion is scored exactly as when it was generated
+    again = attribute(ws, "g1", [{"query_id": "c", "prompt": "The json module", "completion": gen["continuation"].iloc[0]}],
+                      AttributeArgs(**ARGS), progress=False)
+    assert again["doc_id"].tolist() == gen["doc_id"].tolist()
+    assert np.allclose(again["score"], gen["score"], atol=1e-6)
+    p.write_text(json.dumps({"prompt": "x", "completion": ""}) + "\n")
+    with pytest.raises(InputError, match="completion"):
+        read_prompts(p)
+
+
+def test_cli_prompt_and_completion(run, capsys):
+    from stride_core.cli import main
+
+    ws = run
+    rc = main(["--workspace", str(ws.root), "--no-progress", "attribute", "--run", "g1", "--prompt", "The json module",
+               "--completion", " loads a string.", "--top-k", "3", "--max-new-tokens", "4", "--device", "cpu"])
+    assert rc == 0
+    assert "loads a string." in capsys.readouterr().out
+    assert main(["--workspace", str(ws.root), "attribute", "--run", "g1", "--completion", "x"]) == 2
+    assert "either --prompts FILE or --prompt TEXT" in capsys.readouterr().err
+
+
+def test_truncation_names_the_index_limit(run, caplog):
+    ws = run
+    long = "the json module encodes " * 200
+    with caplog.at_level("WARNING"):
+        df = attribute(ws, "g1", [{"query_id": "long", "prompt": long}], AttributeArgs(**ARGS), progress=False)
+    assert "max_tokens=64" in caplog.text and "--max-tokens" in caplog.text
+    assert df["truncated"].all() and (df["prompt_used"].str.len() < len(long)).all()
+
+
+def test_bad_attribute_settings():
+    with pytest.raises(StrideError, match="ranking"):
+        AttributeArgs(ranking="generic")
+    with pytest.raises(StrideError, match="repetition_penalty"):
+        AttributeArgs(repetition_penalty=float("nan"))
+
+
+def test_tracing_bench_reports_every_method(run, tmp_path):
+    from stride_core.bench.tracing import run_tracing_bench
+
+    res = run_tracing_bench(run, "g1", tmp_path / "tr", n_prompts=6, k=10, device="cpu", progress=False)
+    assert set(res["methods"]) == {"stride", "stride-raw", "tfidf"}
+    for r in res["methods"].values():
+        assert 0.0 <= r["hit@10"] <= 1.0 and 0.0 < r["max_share@10"] <= 1.0
+    assert res["methods"]["tfidf"]["hit@10"] >= 0.8  # a verbatim prefix is lexically its source
+    assert (tmp_path / "tr" / "results.json").exists()
