@@ -52,6 +52,8 @@ def cmd_corpus_import(args):
     print(f"imported corpus {info['name']!r}: {info['n_docs']} documents in {info['n_shards']} shard(s), "
           f"{info['n_chars']} characters, {info['n_duplicates']} exact duplicates recorded, "
           f"metadata columns {info['metadata_columns']}")
+    for field, col in info.get("renamed_columns", []):
+        print(f"renamed field {field!r} -> column {col!r}")
 
 
 def cmd_corpus_build_default(args):
