@@ -27,6 +27,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from .errors import RunError, StrideError
+from .storage import load_npy, open_memmap
 
 logger = logging.getLogger(__name__)
 
@@ -77,10 +78,10 @@ class TokenStore:
         meta = _read_meta(root)
         if not meta or not meta.get("finished"):
             raise RunError(f"no finished token store in {root}; re-run `stride index` to build it")
-        offsets = np.load(root / "offsets.npy")
+        offsets = load_npy(root / "offsets.npy", root)
         T = int(offsets[-1])
-        ids = np.memmap(root / "ids.bin", dtype=np.int32, mode="r", shape=(T,)) if T else np.zeros(0, np.int32)
-        return cls(root, np.load(root / "doc_ids.npy"), offsets, ids)
+        ids = open_memmap(root / "ids.bin", np.int32, "r", (T,), root) if T else np.zeros(0, np.int32)
+        return cls(root, load_npy(root / "doc_ids.npy", root), offsets, ids)
 
 
 class TokenItems(Sequence):
