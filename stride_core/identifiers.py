@@ -29,7 +29,7 @@ def is_safe_ident(name) -> bool:
 
 
 def _sanitize(name) -> str:
-    """A safe spelling of `name`: accents dropped (année -> annee), other characters runs -> '_'."""
+    """A safe spelling of `name`: accents dropped (année -> annee), runs of other characters -> '_'."""
     s = unicodedata.normalize("NFKD", str(name))
     s = "".join(ch for ch in s if not unicodedata.combining(ch))
     s = _UNSAFE_RUN.sub("_", s).strip("_")
@@ -42,11 +42,12 @@ def safe_column_names(fields: list, reserved: tuple[str, ...] = (), reserved_pre
     unsafe one is sanitized; a name that is `reserved` (case-insensitively) gets `reserved_prefix`;
     a name already taken gets `_2`, `_3`, ... in input order. Positions, not names, are the keys, so
     two fields of the same name (CSV headers, Parquet columns) both keep their values."""
-    taken = {r.lower() for r in reserved}
+    reserved_lower = {r.lower() for r in reserved}
+    taken = set(reserved_lower)
     out: dict[int, str] = {}
     for i, f in enumerate(fields):
         base = f if is_safe_ident(f) else _sanitize(f)
-        while base.lower() in {r.lower() for r in reserved}:
+        while base.lower() in reserved_lower:
             base = (reserved_prefix + base)[:MAX_IDENT_LEN]
         name, n = base, 1
         while name.lower() in taken:
