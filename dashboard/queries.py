@@ -7,9 +7,9 @@ Two sources:
   reading the file, so no database lock is involved at all.
 
 Cached functions take a `version` argument (the file's modification time): results refresh as soon as
-a job rewrites the file, and the TTL bounds how stale anything else can get. Identifiers are never
-built from user input: corpus names are validated (`docs_table`) and column names are checked against
-the table's own columns; every value is a bound parameter.
+a job rewrites the file, and the TTL bounds how stale anything else can get. Every value is a bound parameter; identifiers
+(corpus tables, metadata columns, which come from input files) are quoted by
+`stride_core.identifiers.quote_ident` alone and never interpolated any other way.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import streamlit as st
 
 from stride_core.corpus import RESERVED_COLUMNS, docs_table
 from stride_core.errors import StrideError
+from stride_core.identifiers import quote_ident
 from stride_core.jobs import RESULT_FILES
 from stride_core.workspace import Workspace
 
@@ -114,7 +115,7 @@ def search_documents(root: str, corpus: str, query: str, shards: tuple[int, ...]
     clause = (" WHERE " + " AND ".join(where)) if where else ""
     table = docs_table(corpus)
     total = int(_db_df(root, f"SELECT count(*) AS n FROM {table}{clause}", params)["n"].iloc[0])
-    cols = ", ".join(f'"{c}"' for c in _columns(root, corpus))
+    cols = ", ".join(quote_ident(c) for c in _columns(root, corpus))
     page = _db_df(root, f"SELECT {cols} FROM {table}{clause} ORDER BY doc_id LIMIT ? OFFSET ?",
                   params + [int(limit), int(offset)])
     return total, page
@@ -125,7 +126,7 @@ def documents(root: str, corpus: str, doc_ids: tuple[int, ...], version: float) 
     """Full rows (text + metadata) of the given documents."""
     if not doc_ids:
         return pd.DataFrame(columns=_columns(root, corpus))
-    cols = ", ".join(f'"{c}"' for c in _columns(root, corpus))
+    cols = ", ".join(quote_ident(c) for c in _columns(root, corpus))
     return _db_df(root, f"SELECT {cols} FROM {docs_table(corpus)} WHERE list_contains(?, doc_id) ORDER BY doc_id",
                   [[int(d) for d in doc_ids]])
 
@@ -228,7 +229,7 @@ def recurring_documents(path: str, direction: str, min_queries: int, version: fl
     """Documents ranked (in `direction`) for at least `min_queries` different queries."""
     cols = parquet_columns(path, version)
     meta = [c for c in attribution_meta_columns(path, version)][:3]
-    meta_sql = "".join(f', any_value("{c}") AS "{c}"' for c in meta)
+    meta_sql = "".join(f", any_value({quote_ident(c)}) AS {quote_ident(c)}" for c in meta)
     snippet = ", any_value(snippet) AS snippet" if "snippet" in cols else ""
     return _pq_df(Path(path), f"""SELECT doc_id, count(DISTINCT query_id) AS n_queries, avg(score) AS mean_score,
                                         min(score) AS min_score, max(score) AS max_score{meta_sql}{snippet}
@@ -244,7 +245,7 @@ def net_influence(path: str, version: float) -> pd.DataFrame:
     cols = parquet_columns(path, version)
     d = _direction_expr(cols)
     meta = attribution_meta_columns(path, version)[:3]
-    meta_sql = "".join(f', any_value("{c}") AS "{c}"' for c in meta)
+    meta_sql = "".join(f", any_value({quote_ident(c)}) AS {quote_ident(c)}" for c in meta)
     return _pq_df(Path(path), f"""SELECT doc_id, sum(score) AS total_score,
                                         count(*) FILTER (WHERE {d} = 'helpful') AS n_helpful,
                                         count(*) FILTER (WHERE {d} = 'harmful') AS n_harmful{meta_sql}

@@ -25,6 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .errors import RunError, StrideError
+from .storage import load_npy, open_memmap, read_json, rebuild_hint
 
 logger = logging.getLogger(__name__)
 
@@ -82,19 +83,26 @@ class FeatureCache:
         meta_path = root / "meta.json"
         if not meta_path.exists():
             raise RunError(f"no activation cache in {root}")
-        meta = json.loads(meta_path.read_text())
+        meta = read_json(meta_path, root)
         if not meta.get("finished"):
             raise RunError(f"the activation cache in {root} is incomplete; re-run `stride index` to resume it")
         dt = _DTYPES[meta["dtype"]]
-        T = meta["n_tokens"]
+        T, N = meta["n_tokens"], meta["n_docs"]
+        # Every file is checked against meta.json, so a truncated one is named instead of failing later.
+        doc_ids, offsets = load_npy(root / "doc_ids.npy", root), load_npy(root / "offsets.npy", root)
+        target, weight = load_npy(root / "target.npy", root, mmap_mode="r"), load_npy(root / "weight.npy", root, mmap_mode="r")
+        for name, arr, n in (("doc_ids.npy", doc_ids, N), ("offsets.npy", offsets, N + 1), ("target.npy", target, T),
+                             ("weight.npy", weight, T)):
+            if arr.shape != (n,):
+                raise RunError(f"{root / name} is damaged (shape {arr.shape}, expected ({n},)): {rebuild_hint(root)}")
         return cls(
             root=root,
-            doc_ids=np.load(root / "doc_ids.npy"),
-            offsets=np.load(root / "offsets.npy"),
-            h=np.memmap(root / "h.bin", dtype=dt, mode="r", shape=(T, meta["D"])),
-            z=np.memmap(root / "z.bin", dtype=dt, mode="r", shape=(T, meta["C"])),
-            target=np.load(root / "target.npy", mmap_mode="r"),
-            weight=np.load(root / "weight.npy", mmap_mode="r"),
+            doc_ids=doc_ids,
+            offsets=offsets,
+            h=open_memmap(root / "h.bin", dt, "r", (T, meta["D"]), root),
+            z=open_memmap(root / "z.bin", dt, "r", (T, meta["C"]), root),
+            target=target,
+            weight=weight,
         )
 
 
@@ -172,16 +180,16 @@ def fill_cache(root: Path, task, items: Sequence, docs: np.ndarray | None = None
     token rows into the prepared memmaps. Processes given disjoint `docs` write disjoint rows, so they
     can fill one cache at the same time. Returns the number of documents computed."""
     root = Path(root)
-    meta = json.loads((root / "meta.json").read_text())
+    meta = read_json(root / "meta.json", root)
     N, T, dt = meta["n_docs"], meta["n_tokens"], _DTYPES[meta["dtype"]]
-    offsets = np.load(root / "offsets.npy")
+    offsets = load_npy(root / "offsets.npy", root)
     lengths = np.diff(offsets)
-    ids_arr = np.load(root / "doc_ids.npy")
-    h = np.memmap(root / "h.bin", dtype=dt, mode="r+", shape=(T, meta["D"]))
-    z = np.memmap(root / "z.bin", dtype=dt, mode="r+", shape=(T, meta["C"]))
-    target = np.load(root / "target.npy", mmap_mode="r+")
-    weight = np.load(root / "weight.npy", mmap_mode="r+")
-    done = np.memmap(root / "done.bin", dtype=np.uint8, mode="r+", shape=(N,))
+    ids_arr = load_npy(root / "doc_ids.npy", root)
+    h = open_memmap(root / "h.bin", dt, "r+", (T, meta["D"]), root)
+    z = open_memmap(root / "z.bin", dt, "r+", (T, meta["C"]), root)
+    target = load_npy(root / "target.npy", root, mmap_mode="r+")
+    weight = load_npy(root / "weight.npy", root, mmap_mode="r+")
+    done = open_memmap(root / "done.bin", np.uint8, "r+", (N,), root)
     mine = np.arange(N) if docs is None else np.asarray(docs, dtype=np.int64)
     todo = mine[done[mine] == 0]
     # Sort remaining documents by length so padded batches waste little compute.
@@ -216,8 +224,8 @@ def finish_cache(root: Path) -> FeatureCache:
     """Mark a filled cache finished (raises when a document is still missing) and open it."""
     root = Path(root)
     meta_path = root / "meta.json"
-    meta = json.loads(meta_path.read_text())
-    done = np.memmap(root / "done.bin", dtype=np.uint8, mode="r", shape=(meta["n_docs"],))
+    meta = read_json(meta_path, root)
+    done = open_memmap(root / "done.bin", np.uint8, "r", (meta["n_docs"],), root)
     missing = np.flatnonzero(done == 0)
     if len(missing):
         ids = np.load(root / "doc_ids.npy")[missing[:5]].tolist()

@@ -40,6 +40,28 @@ def port_free(host: str, port: int) -> bool:
     return True
 
 
+def is_loopback(host: str) -> bool:
+    """True when `host` only listens on this machine (127.0.0.0/8, ::1, or a name resolving only to them)."""
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        pass
+    try:
+        addrs = {a[4][0] for a in socket.getaddrinfo(host, None)}
+    except OSError:
+        return False
+    return bool(addrs) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addrs)
+
+
+def no_auth_warning(host: str, port: int) -> str:
+    return (f"warning: --host {host} makes the dashboard reachable from other machines, and it has no "
+            f"authentication: anyone who can reach port {port} can read every corpus and result in the workspace and "
+            f"start jobs on this machine. Keep the default 127.0.0.1 (and use an SSH tunnel), or put it behind an "
+            f"authenticating proxy.")
+
+
 def streamlit_command(host: str, port: int) -> list[str]:
     return [sys.executable, "-m", "streamlit", "run", str(app_script()),
             "--server.address", host, "--server.port", str(port), "--server.headless", "true",
@@ -55,6 +77,9 @@ def cmd_app(args) -> None:
         raise StrideError(f"--port must be in 1..65535, got {args.port}")
     if not port_free(args.host, args.port):
         raise StrideError(f"port {args.port} on {args.host} is in use (another `stride app`?): pass --port with a free port")
+    if not is_loopback(args.host):
+        # The dashboard reads every corpus and starts jobs, with no login: say so before exposing it.
+        print(no_auth_warning(args.host, args.port), file=sys.stderr, flush=True)
     demo = "demo" if args.demo_preset == "default" else f"demo-{args.demo_preset}"  # the names `stride demo` uses
     if not args.no_demo and not ws.runs_dir.joinpath(demo).exists():
         job = jobs.start_demo_job(ws, preset=args.demo_preset, device=args.device, run=demo)

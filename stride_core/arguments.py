@@ -29,6 +29,32 @@ def _check(cond: bool, msg: str):
         raise StrideError(msg)
 
 
+def parse_int_list(text: str, option: str, minimum: int = 0) -> list[int]:
+    """A comma-separated option value such as `--shards 0,2` -> [0, 2]; a clear error otherwise."""
+    try:
+        values = [int(s) for s in str(text).split(",") if s.strip()]
+    except ValueError:
+        values = None
+    if not values or min(values) < minimum:
+        raise StrideError(f"{option} takes comma-separated whole numbers >= {minimum}, such as {minimum},{minimum + 2}; got {text!r}")
+    return values
+
+
+def parse_number_or_auto(text: str, option: str, minimum: float = 0.0) -> float | str:
+    """`auto` or a finite number >= minimum (e.g. --alpha, --z-threshold); a clear error otherwise."""
+    import math
+
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not math.isfinite(value) or value < minimum:
+        raise StrideError(f"{option} takes 'auto' or a number >= {minimum:g}; got {text!r}")
+    return value
+
+
 @dataclass
 class CacheArgs(_Args):
     """Activation cache: which layer, how many tokens per document, forward batch size, storage dtype."""

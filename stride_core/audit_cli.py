@@ -6,7 +6,9 @@ from .cli import _ws
 
 
 def _z(value: str):
-    return value if value == "auto" else float(value)
+    from .arguments import parse_number_or_auto
+
+    return parse_number_or_auto(value, "--z-threshold")
 
 
 def cmd_contamination(args):

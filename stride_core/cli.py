@@ -52,6 +52,8 @@ def cmd_corpus_import(args):
     print(f"imported corpus {info['name']!r}: {info['n_docs']} documents in {info['n_shards']} shard(s), "
           f"{info['n_chars']} characters, {info['n_duplicates']} exact duplicates recorded, "
           f"metadata columns {info['metadata_columns']}")
+    for field, col in info.get("renamed_columns", []):
+        print(f"renamed field {field!r} -> column {col!r}")
 
 
 def cmd_corpus_build_default(args):
@@ -124,15 +126,17 @@ def _config_from_args(args):
             v = getattr(args, n, None)
             if v is not None:
                 overrides[f"{stage}.{n}"] = v
-    shards = [int(s) for s in args.shards.split(",")] if getattr(args, "shards", None) else None
+    from .arguments import parse_int_list
+
+    shards = parse_int_list(args.shards, "--shards") if getattr(args, "shards", None) is not None else None
     n_docs = count_documents(_ws(args), args.corpus, shards) if "subsets.K" not in overrides else None
     return make_config(args.corpus, args.model, args.preset, shards=shards, n_docs=n_docs, **overrides)
 
 
 def _attr_args(args):
-    from .arguments import AttributeArgs
+    from .arguments import AttributeArgs, parse_number_or_auto
 
-    alpha = args.alpha if args.alpha == "auto" else float(args.alpha)
+    alpha = parse_number_or_auto(args.alpha, "--alpha")
     return AttributeArgs(top_k=args.top_k, max_new_tokens=args.max_new_tokens, alpha=alpha, positive=args.positive, device=args.device,
                          lambda_rule=args.lambda_rule, ranking=args.ranking, repetition_penalty=args.repetition_penalty,
                          no_repeat_ngram_size=args.no_repeat_ngram_size)
@@ -248,13 +252,20 @@ def cmd_demo(args):
 # ------------------------------------------------------------------------------------------ main
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors (a missing option, `--K abc`) are one `error:` line with exit 2, like every other error."""
+
+    def error(self, message):
+        self.exit(2, f"error: {self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--workspace", default=argparse.SUPPRESS, help="workspace folder (default: $STRIDE_WORKSPACE or ./workspace)")
     common.add_argument("--no-progress", action="store_true", default=argparse.SUPPRESS, help="hide progress bars")
     common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging and tracebacks")
 
-    p = argparse.ArgumentParser(prog="stride", description="STRIDE training-data attribution: corpora, models, runs, audits and the dashboard.")
+    p = _Parser(prog="stride", description="STRIDE training-data attribution: corpora, models, runs, audits and the dashboard.")
     p.add_argument("--version", action="version", version=f"stride {__version__}")
     p.add_argument("--workspace", default=None, help="workspace folder (default: $STRIDE_WORKSPACE or ./workspace)")
     p.add_argument("--no-progress", action="store_true", default=False, help="hide progress bars")

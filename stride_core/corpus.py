@@ -8,6 +8,11 @@ Layout in the workspace DuckDB:
 
 Imports stream: rows are validated and written in batches to a Parquet staging file, then loaded in
 one DuckDB transaction, so an import is all-or-nothing and a multi-GB file never becomes one list.
+
+Field names come from the input file, so they are mapped to safe column names first
+(`identifiers.safe_column_names`: safe characters, non-empty, unique case-insensitively, reserved names
+prefixed); every renaming is logged and returned as `renamed_columns`. A JSON object with the same key
+twice is refused: a JSON parser keeps only the last value.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import CorpusError
+from .identifiers import quote_ident, safe_column_names
 from .workspace import Workspace, validate_name
 
 logger = logging.getLogger(__name__)
@@ -52,7 +58,7 @@ CREATE TABLE IF NOT EXISTS corpora (
 
 def docs_table(name: str) -> str:
     """Quoted table identifier for a (validated) corpus name."""
-    return '"docs__' + validate_name(name, "corpus name") + '"'
+    return quote_ident("docs__" + validate_name(name, "corpus name"))
 
 
 @dataclass
@@ -76,7 +82,9 @@ class ImportOptions:
 
 
 # ----------------------------------------------------------------------------------------------
-# Readers: each yields lists of dicts {column: value} with the text under options.text_field.
+# Readers: each returns (metadata field names, batches). A batch is a list of records: dicts {field:
+# value} with the text under options.text_field, or, where field names can repeat (CSV headers, Parquet
+# columns), tuples (text, *metadata values in field order).
 
 
 def detect_format(path: Path) -> str:
@@ -100,6 +108,20 @@ def _decode_error(where: str, exc: UnicodeDecodeError, encoding: str) -> CorpusE
                        f"or pass its encoding with --encoding (for example latin-1 or cp1252)")
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key):
+        self.key = key
+
+
+def _unique_keys(pairs):
+    obj = {}
+    for k, v in pairs:
+        if k in obj:
+            raise _DuplicateKey(k)
+        obj[k] = v
+    return obj
+
+
 def _jsonl_rows(path: Path, encoding: str = "utf-8") -> Iterator[tuple[int, dict]]:
     with open(path, "rb") as fh:
         for lineno, raw in enumerate(fh, start=1):
@@ -112,7 +134,10 @@ def _jsonl_rows(path: Path, encoding: str = "utf-8") -> Iterator[tuple[int, dict
             if not line.strip():
                 continue
             try:
-                obj = json.loads(line)
+                obj = json.loads(line, object_pairs_hook=_unique_keys)
+            except _DuplicateKey as exc:
+                raise CorpusError(f"{path}:{lineno}: key {exc.key!r} appears twice in one object (a JSON parser would keep "
+                                  f"only the last value); rename or remove one of them") from None
             except json.JSONDecodeError as exc:
                 raise CorpusError(f"{path}:{lineno}: corrupt JSON line ({exc.msg} at column {exc.colno})") from exc
             if not isinstance(obj, dict):
@@ -148,22 +173,29 @@ def _jsonl_batches(path: Path, opts: ImportOptions) -> tuple[list[str], Iterator
 
 
 def _arrow_batches(batches: Iterable[pa.RecordBatch], schema: pa.Schema, path: Path, opts: ImportOptions):
-    if opts.text_field not in schema.names:
-        raise CorpusError(f"{path}: no column {opts.text_field!r} (columns: {schema.names[:12]}); pass --text-field")
-    ttype = schema.field(opts.text_field).type
+    names = list(schema.names)
+    if opts.text_field not in names:
+        raise CorpusError(f"{path}: no column {opts.text_field!r} (columns: {names[:12]}); pass --text-field")
+    if names.count(opts.text_field) > 1:
+        raise CorpusError(f"{path}: {names.count(opts.text_field)} columns are named {opts.text_field!r}: rename all but "
+                          f"the text column, or pass --text-field")
+    ti = names.index(opts.text_field)
+    ttype = schema.field(ti).type
     if not (pa.types.is_string(ttype) or pa.types.is_large_string(ttype)):
         raise CorpusError(f"{path}: column {opts.text_field!r} has type {ttype}, not a string")
-    meta = [c for c in schema.names if c != opts.text_field]
+    mi = [i for i in range(len(names)) if i != ti]
+    meta = [names[i] for i in mi]
 
     def gen():
         offset = 0
         for rb in batches:
-            rows = rb.to_pylist()
-            for i, r in enumerate(rows):
-                if r[opts.text_field] is None:
+            # By position, not to_pylist(): that keeps one value of two same-named columns.
+            texts = rb.column(ti).to_pylist()
+            for i, t in enumerate(texts):
+                if t is None:
                     raise CorpusError(f"{path}: row {offset + i + 1}: text field {opts.text_field!r} is null")
-            offset += len(rows)
-            yield rows
+            offset += len(texts)
+            yield list(zip(texts, *(rb.column(i).to_pylist() for i in mi)))
 
     return meta, gen()
 
@@ -223,15 +255,15 @@ def _folder_batches(path: Path, opts: ImportOptions):
     return ["source"], gen()
 
 
-def _meta_column_names(meta: list[str]) -> dict[str, str]:
-    """Input field -> stored column name; reserved names get a `meta_` prefix."""
-    out = {}
-    for m in meta:
-        name = f"meta_{m}" if m in RESERVED_COLUMNS else m
-        while name in out.values() or name in RESERVED_COLUMNS:
-            name = f"meta_{name}"
-        out[m] = name
-    return out
+def _meta_column_names(meta: list[str]) -> list[str]:
+    """Stored column name of each input field (in order), logging every renaming."""
+    names = safe_column_names(meta, RESERVED_COLUMNS)
+    cols = [names[i] for i in range(len(meta))]
+    renamed = [f"{f!r} -> {c!r}" for f, c in zip(meta, cols) if f != c]
+    if renamed:
+        logger.warning("renamed %d field(s) (column names must be non-empty letters, digits and '_', unique ignoring "
+                       "case, and not one of %s): %s", len(renamed), ", ".join(RESERVED_COLUMNS), "; ".join(renamed))
+    return cols
 
 
 def _to_str(v):
@@ -258,12 +290,15 @@ def import_records(
     source_path: str,
     fmt: str,
 ) -> dict:
-    """Validate, stage to Parquet, and load into DuckDB in one transaction. Returns the corpus row."""
+    """Validate, stage to Parquet, and load into DuckDB in one transaction. Returns the corpus row, with
+    `renamed_columns`: [input field, stored column] for each field whose name was not usable as is.
+    Records are dicts keyed by field (names in `meta` unique) or tuples (text, *values in `meta` order)."""
     validate_name(name, "corpus name")
-    colmap = _meta_column_names(meta)
+    cols_out = _meta_column_names(meta)
+    by_name = len(set(meta)) == len(meta)  # dict records need unique field names
     schema = pa.schema(
         [("doc_id", pa.int64()), ("shard", pa.int32()), ("text", pa.string()), ("n_chars", pa.int64()), ("content_hash", pa.string())]
-        + [(colmap[m], pa.string()) for m in meta]
+        + [(c, pa.string()) for c in cols_out]
     )
     ws.ensure()
     n_docs = n_chars = n_empty = 0
@@ -274,7 +309,12 @@ def import_records(
             for batch in batches:
                 cols = {f.name: [] for f in schema}
                 for rec in batch:
-                    text = rec.get(opts.text_field)
+                    if isinstance(rec, dict):
+                        if not by_name:
+                            raise ValueError("records with repeated field names must be tuples (text, *values)")
+                        text, values = rec.get(opts.text_field), [rec.get(m) for m in meta]
+                    else:
+                        text, *values = rec
                     if not isinstance(text, str):
                         raise CorpusError(f"{source_path}: document {n_docs + n_empty + 1}: text is not a string")
                     if not text.strip():
@@ -285,8 +325,8 @@ def import_records(
                     cols["text"].append(text)
                     cols["n_chars"].append(len(text))
                     cols["content_hash"].append(content_hash(text))
-                    for m in meta:
-                        cols[colmap[m]].append(_to_str(rec.get(m)))
+                    for c, v in zip(cols_out, values):
+                        cols[c].append(_to_str(v))
                     n_docs += 1
                     n_chars += len(text)
                 if cols["doc_id"]:
@@ -309,7 +349,7 @@ def import_records(
                 if exists:
                     con.execute(f"DROP TABLE IF EXISTS {table}")
                     con.execute("DELETE FROM corpora WHERE name = ?", [name])
-                meta_sql = "".join(f', "{c}"' for c in colmap.values())
+                meta_sql = "".join(", " + quote_ident(c) for c in cols_out)
                 con.execute(
                     f"""CREATE TABLE {table} AS
                     SELECT doc_id, shard, text, n_chars, content_hash,
@@ -325,13 +365,14 @@ def import_records(
                        shard_size, n_duplicates, n_skipped_empty, metadata_columns)
                        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                     [name, source_path, fmt, opts.text_field, n_docs, n_chars, n_shards, opts.shard_size,
-                     n_dup, n_empty, json.dumps(list(colmap.values()))],
+                     n_dup, n_empty, json.dumps(cols_out)],
                 )
                 con.execute("COMMIT")
             except BaseException:
                 con.execute("ROLLBACK")
                 raise
     info = corpus_info(ws, name)
+    info["renamed_columns"] = [[f, c] for f, c in zip(meta, cols_out) if f != c]
     logger.info("imported corpus %s: %d documents, %d duplicates", name, info["n_docs"], info["n_duplicates"])
     return info
 
@@ -388,7 +429,7 @@ def load_documents(ws: Workspace, name: str, columns: list[str] | None = None, s
     if doc_ids is not None:
         where.append("list_contains(?, doc_id)")
         params.append([int(d) for d in doc_ids])
-    sql = "SELECT " + ", ".join(f'"{c}"' for c in cols) + f" FROM {docs_table(name)}"
+    sql = "SELECT " + ", ".join(quote_ident(c) for c in cols) + f" FROM {docs_table(name)}"
     if where:
         sql += " WHERE " + " AND ".join(where)
     sql += " ORDER BY doc_id"
@@ -418,7 +459,7 @@ def iter_documents(ws: Workspace, name: str, columns: list[str] | None = None, b
         if shards is not None:
             where.append("list_contains(?, shard)")
             params.append([int(s) for s in shards])
-        sql = ("SELECT " + ", ".join(f'"{c}"' for c in select) + f" FROM {docs_table(name)} WHERE " + " AND ".join(where)
+        sql = ("SELECT " + ", ".join(quote_ident(c) for c in select) + f" FROM {docs_table(name)} WHERE " + " AND ".join(where)
                + " ORDER BY doc_id LIMIT ?")
         with ws.connect(read_only=True) as con:
             df = con.execute(sql, [*params, int(batch_size)]).df()

@@ -2,7 +2,9 @@
 
 `pipeline.index` used to hold every document's text and token-id list in memory at once; with the
 store, peak memory is one chunk of documents (`chunk_docs`) plus O(N) integers (ids, offsets), and the
-activation pass reads each document's ids from a memmap when its batch comes up.
+activation pass reads each document's ids from a memmap when its batch comes up. Only a prefix of each
+text is read and tokenized (`char_budget`, grown for a document whose prefix is too short): a document
+of any size costs memory in proportion to max_tokens, not to its length.
 
 Layout of a store folder (runs/<run>/tokens/):
   meta.json       corpus, corpus created_at, shards, max_tokens, N, total tokens, finished flag
@@ -25,6 +27,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from .errors import RunError, StrideError
+from .storage import load_npy, open_memmap
 
 logger = logging.getLogger(__name__)
 
@@ -75,10 +78,10 @@ class TokenStore:
         meta = _read_meta(root)
         if not meta or not meta.get("finished"):
             raise RunError(f"no finished token store in {root}; re-run `stride index` to build it")
-        offsets = np.load(root / "offsets.npy")
+        offsets = load_npy(root / "offsets.npy", root)
         T = int(offsets[-1])
-        ids = np.memmap(root / "ids.bin", dtype=np.int32, mode="r", shape=(T,)) if T else np.zeros(0, np.int32)
-        return cls(root, np.load(root / "doc_ids.npy"), offsets, ids)
+        ids = open_memmap(root / "ids.bin", np.int32, "r", (T,), root) if T else np.zeros(0, np.int32)
+        return cls(root, load_npy(root / "doc_ids.npy", root), offsets, ids)
 
 
 class TokenItems(Sequence):
@@ -116,10 +119,23 @@ def corpus_doc_ids(ws, corpus: str, shards: list[int] | None = None) -> np.ndarr
     return np.asarray(rows["doc_id"], dtype=np.int64)
 
 
+# Characters read per token kept: English BPE averages about 4 characters a token; 8 leaves room for
+# code and whitespace runs. A document whose prefix still gives too few tokens is read again, larger.
+CHARS_PER_TOKEN = 8
+_MARGIN_TOKENS = 16  # tokens past max_tokens a prefix must give, so the cut cannot change the kept ones
+
+
+def char_budget(max_tokens: int) -> int:
+    return max_tokens * CHARS_PER_TOKEN + 256
+
+
 def iter_texts(ws, corpus: str, doc_ids: np.ndarray, chunk_docs: int, chunks: Sequence[int] | None = None,
-               shards: list[int] | None = None) -> Iterator[tuple[int, np.ndarray, list[str]]]:
-    """Yield (chunk number, doc ids, texts) for chunks of `chunk_docs` consecutive documents of `doc_ids`
-    (ascending), one short read-only DuckDB query per chunk (doc_id range + shard filter)."""
+               shards: list[int] | None = None, max_chars: int | None = None
+               ) -> Iterator[tuple[int, np.ndarray, list[str], np.ndarray]]:
+    """Yield (chunk number, doc ids, texts, n_chars) for chunks of `chunk_docs` consecutive documents of
+    `doc_ids` (ascending), one short read-only DuckDB query per chunk (doc_id range + shard filter).
+    With `max_chars`, each text is its first max_chars characters (cut in DuckDB, so a long document is
+    never read whole); n_chars is the full length."""
     from .corpus import docs_table
 
     n_chunks = -(-len(doc_ids) // chunk_docs)
@@ -128,11 +144,50 @@ def iter_texts(ws, corpus: str, doc_ids: np.ndarray, chunk_docs: int, chunks: Se
         where, params = _where(shards)
         where = (where + " AND" if where else " WHERE") + " doc_id BETWEEN ? AND ?"
         params += [int(want[0]), int(want[-1])]
+        text = "text" if max_chars is None else "substr(text, 1, ?)"
+        head = [] if max_chars is None else [int(max_chars)]
         with ws.connect(read_only=True) as con:
-            got = con.execute(f"SELECT doc_id, text FROM {docs_table(corpus)}{where} ORDER BY doc_id", params).fetchnumpy()
+            got = con.execute(f"SELECT doc_id, {text} AS text, n_chars FROM {docs_table(corpus)}{where} ORDER BY doc_id",
+                              head + params).fetchnumpy()
         if not np.array_equal(np.asarray(got["doc_id"], dtype=np.int64), want):
             raise RunError(f"corpus {corpus!r} changed while it was being tokenized; re-run `stride index`")
-        yield c, want, [str(t) for t in got["text"]]
+        yield c, want, [str(t) for t in got["text"]], np.asarray(got["n_chars"], dtype=np.int64)
+
+
+def _read_prefix(ws, corpus: str, doc_id: int, n: int) -> str:
+    from .corpus import docs_table
+
+    with ws.connect(read_only=True) as con:
+        return str(con.execute(f"SELECT substr(text, 1, ?) FROM {docs_table(corpus)} WHERE doc_id = ?", [int(n), int(doc_id)]).fetchone()[0])
+
+
+def _cut_at_word(prefix: str) -> str:
+    """`prefix` (a cut text) shortened to end before a space that starts a word: tokenizers split there
+    (pre-tokenization), so the tokens before the cut are those of the whole text. Unchanged without one."""
+    for p in range(len(prefix) - 2, 0, -1):
+        if prefix[p].isspace() and not prefix[p - 1].isspace() and not prefix[p + 1].isspace():
+            return prefix[:p]
+    return prefix
+
+
+def tokenize_bounded(ws, corpus: str, tokenizer, doc_ids: np.ndarray, texts: list[str], n_chars: np.ndarray,
+                     max_tokens: int) -> list[list[int]]:
+    """The first max_tokens token ids of each document, from text prefixes (`iter_texts(max_chars=...)`).
+    A cut prefix must give max_tokens + a margin tokens; one that gives fewer is read again 4x longer
+    (until the whole text), so the result equals tokenizing the whole text and truncating."""
+    cut = [len(t) < n for t, n in zip(texts, n_chars)]
+    texts = [_cut_at_word(t) if c else t for t, c in zip(texts, cut)]
+    enc = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    out = []
+    for i, ids in enumerate(enc):
+        size = len(texts[i])
+        while cut[i] and len(ids) < max_tokens + _MARGIN_TOKENS:
+            size *= 4
+            text = _read_prefix(ws, corpus, int(doc_ids[i]), size)
+            cut[i] = len(text) < int(n_chars[i])
+            ids = tokenizer([_cut_at_word(text) if cut[i] else text], add_special_tokens=False)["input_ids"][0]
+        out.append(list(ids[:max_tokens]))
+    return out
 
 
 # ----------------------------------------------------------------------------------- building
@@ -184,9 +239,9 @@ def tokenize_part(ws, corpus: str, shards: list[int] | None, root: Path, tokeniz
     n_chunks = -(-len(doc_ids) // args.chunk_docs)
     mine = [c for c in range(rank, n_chunks, world) if not (root / "parts" / f"{c:07d}.npz").exists()]
     bar = tqdm(total=len(mine), desc="tokenize", disable=not progress, mininterval=1.0)
-    for c, _, texts in iter_texts(ws, corpus, doc_ids, args.chunk_docs, mine, shards):
-        enc = tokenizer(texts, add_special_tokens=False)["input_ids"]
-        enc = [ids[: args.max_tokens] for ids in enc]
+    for c, ids_c, texts, n_chars in iter_texts(ws, corpus, doc_ids, args.chunk_docs, mine, shards,
+                                               max_chars=char_budget(args.max_tokens)):
+        enc = tokenize_bounded(ws, corpus, tokenizer, ids_c, texts, n_chars, args.max_tokens)
         lengths = np.fromiter((len(ids) for ids in enc), dtype=np.int64, count=len(enc))
         flat = np.fromiter((t for ids in enc for t in ids), dtype=np.int64, count=int(lengths.sum()))
         if len(flat) and (flat.min() < 0 or flat.max() > np.iinfo(np.int32).max):

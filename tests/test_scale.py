@@ -115,3 +115,65 @@ def test_recovery_through_the_design_equals_dense_and_sparse_matrices(monkeypatc
     # one query at a time gives the batch's answers (per-query convergence)
     one = np.concatenate([LassoRecovery(alpha_ratio=0.05).fit(design, y[i:i + 1]).influence_ for i in range(5)])
     assert np.allclose(one, LassoRecovery(alpha_ratio=0.05).fit(design, y).influence_, atol=1e-5)
+
+
+class _Recording(_Tok):
+    """_Tok that remembers the longest text it was given."""
+
+    def __init__(self, inner=None):
+        self.longest, self.inner = 0, inner
+
+    def __call__(self, texts, add_special_tokens=False):
+        self.longest = max([self.longest, *map(len, texts)])
+        return (self.inner or super().__call__)(texts, add_special_tokens=add_special_tokens)
+
+
+def _long_corpus(ws, tmp_path, texts):
+    from stride_core.corpus import import_corpus
+
+    src = tmp_path / "long.jsonl"
+    src.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    import_corpus(ws, src, "long")
+
+
+def test_tokenization_reads_only_a_prefix_of_long_documents(ws, tmp_path):
+    from stride_core.tokens import char_budget
+
+    texts = TEXTS + ["long words " * 30_000]  # 330k characters
+    _long_corpus(ws, tmp_path, texts)
+    tok = _Recording()
+    st = tokenize_corpus(ws, "long", None, tmp_path / "t", tok, TokenizeArgs(max_tokens=12, chunk_docs=5))
+    assert [st.tokens(i) for i in range(len(texts))] == [ids[:12] for ids in _Tok()(texts)["input_ids"]]
+    assert tok.longest <= char_budget(12) < 1000
+
+
+def test_a_prefix_with_too_few_tokens_is_read_again_longer(ws, tmp_path):
+    """A tokenizer whose tokens are whole words of 300 characters: the first prefix gives too few tokens."""
+    def words(texts, add_special_tokens=False):
+        return {"input_ids": [[len(w) for w in t.split(" ")] for t in texts]}
+
+    texts = ["a" * 300 + " " + ("b" * 299 + " ") * 500, "short text here", "c" * 5000]
+    _long_corpus(ws, tmp_path, texts)
+    tok = _Recording(words)
+    st = tokenize_corpus(ws, "long", None, tmp_path / "t", tok, TokenizeArgs(max_tokens=12, chunk_docs=2))
+    assert [st.tokens(i) for i in range(3)] == [ids[:12] for ids in words(texts)["input_ids"]]
+    assert 12 * 300 < tok.longest < len(texts[0]) // 5  # grown 4x at a time, not read whole
+
+
+def test_bpe_tokens_of_a_prefix_equal_those_of_the_whole_text(ws, tmp_path):
+    import random
+
+    from stride_core.tiny_model import train_tokenizer
+
+    rng = random.Random(0)
+    vocab = "the json module logging re subprocess pathlib csv def return class import".split()
+    texts = [" ".join(rng.choice(vocab) for _ in range(n)) for n in (5, 300, 4000)]
+    texts += ["def f(x):\n" + "        return x  # note\n" * 400, "日本語のテキスト😀" * 400, "z" * 6000, "=" * 3000 + " tail",
+              " \t\n " * 300 + "word " * 400, "\n\n".join(["para graph"] * 600), "Ünïcödé ñ çàfé " * 300]
+    texts += ["".join(rng.choice(["a", "b", " ", "  ", "\n", "é", "字", ".", "(", "1"]) for _ in range(rng.randint(50, 3000)))
+              for _ in range(20)]
+    tok = train_tokenizer(texts, 400, tmp_path / "tok")
+    _long_corpus(ws, tmp_path, texts)
+    for max_tokens in (2, 64, 300):
+        st = tokenize_corpus(ws, "long", None, tmp_path / f"t{max_tokens}", tok, TokenizeArgs(max_tokens=max_tokens, chunk_docs=8))
+        assert [st.tokens(i) for i in range(len(texts))] == [tok(t, add_special_tokens=False)["input_ids"][:max_tokens] for t in texts]

@@ -127,6 +127,7 @@ def run_counterfactual(setting_name: str, out_dir, queries: int = 20, ks=(10, 50
                        random_seeds: int = 2, device: str = "auto", cache_dir=None, workers: int = 1,
                        threads: int | None = None, extra_methods: dict | None = None,
                        setting_overrides: dict | None = None, print_table: bool = True) -> dict:
+    from ..arguments import parse_int_list
     from ..models import resolve_device
     from .harness import METHODS, write_json
     from .settings import get_setting, torch_threads
@@ -139,7 +140,7 @@ def run_counterfactual(setting_name: str, out_dir, queries: int = 20, ks=(10, 50
     (out_dir / "scores").mkdir(parents=True, exist_ok=True)
     registry = {**METHODS, **(extra_methods or {})}
     methods = [m.strip() for m in methods.split(",")] if isinstance(methods, str) else list(methods)
-    ks = [int(k) for k in (ks.split(",") if isinstance(ks, str) else ks)]
+    ks = parse_int_list(ks, "--k", minimum=1) if isinstance(ks, str) else [int(k) for k in ks]
     bad = [m for m in methods if m not in registry]
     if bad:
         raise StrideError(f"unknown method(s) {bad}: available {sorted(registry)}")

@@ -373,7 +373,9 @@ def run_scale_bench(out: str | Path, args: ScaleArgs | None = None) -> dict:
 
 
 def cmd_bench_scale(args):
-    sizes = tuple(int(s) for s in str(args.sizes).split(",") if s.strip())
+    from ..arguments import parse_int_list
+
+    sizes = tuple(parse_int_list(args.sizes, "--sizes", minimum=1))
     sa = ScaleArgs(sizes=sizes, doc_tokens=args.doc_tokens, K=args.K, S=args.S, R=args.R, steps=args.steps,
                    prompts=args.prompts, device=args.device, threads=args.threads, in_process=args.in_process,
                    keep=args.keep, batch_size=args.batch_size)
