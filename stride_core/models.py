@@ -96,6 +96,10 @@ def load_model_and_tokenizer(path: str | Path, device: str = "cpu", dtype=None):
         )
     except Exception as exc:
         raise ModelError(f"cannot load a causal LM from {p}: {exc}") from exc
+    if not tok("The quick brown fox.", add_special_tokens=False)["input_ids"]:
+        # transformers builds an empty tokenizer from a folder without tokenizer files instead of failing
+        raise ModelError(f"{p}: the tokenizer encodes text to nothing ({len(tok)} token ids); the folder needs the "
+                         "model's tokenizer files (tokenizer.json, or vocab.json + merges.txt, ...)")
     check_vocab_fits(model, tok, p)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
