@@ -7,10 +7,12 @@ Run folder (workspace/runs/<run>/):
   subsets.safetensors         membership (N, S) + doc_ids
   operators.safetensors       basis, steering matrices, reference y
   operators_trace.json        loss terms per step
-  attributions.parquet        ranked documents of the latest `attribute` call
+  attributions.parquet        ranked documents of the latest `attribute` call (the DuckDB rows derive from it)
 A stage whose artifact exists is skipped; changed arguments under an existing run name raise unless
-overwrite=True. Artifacts are written to a temporary name and renamed, so an interrupted stage is
-never mistaken for a finished one.
+overwrite=True, or unless only stages that never finished depend on them (those restart). Artifacts
+are written to a temporary name and renamed, so an interrupted stage is never mistaken for a finished
+one; a failed stage records `failed` with its error in status.json. `index` and `attribute` hold the
+run's lock (stride_core.locks).
 """
 
 from __future__ import annotations
