@@ -159,6 +159,8 @@ def prepare_tokens(ws, rdir: Path, config: IndexConfig, tokenizer, progress: boo
     return tokens
 
 
+_REPORTED_MODELS: set[str] = set()
+
 # What each index stage leaves in the run folder, in stage order; a stage is finished when its artifact is.
 _STAGE_ARTIFACTS = {"tokens": ["tokens"], "cache": ["cache"], "subsets": ["subsets.safetensors"],
                     "operators": ["operators.safetensors", "operators_trace.json"]}
@@ -216,8 +218,10 @@ def begin_run(ws, run: str, config: IndexConfig, dev: str, overwrite: bool = Fal
     check_model_dir(config.model)
     # before anything is written: a run folder left by a wrong K would block the corrected retry
     check_documents(config, info["n_docs"] if config.shards is None else count_documents(ws, config.corpus, config.shards))
-    for line in ignored_model_files(config.model):
-        logger.warning("model %s: ignored %s", config.model, line)
+    if config.model not in _REPORTED_MODELS:  # once per process (`run` begins the run twice)
+        _REPORTED_MODELS.add(config.model)
+        for line in ignored_model_files(config.model):
+            logger.warning("model %s: ignored %s", config.model, line)
     args_path = rdir / "args.json"
     if args_path.exists():
         try:
@@ -644,9 +648,16 @@ def run_all(ws, run: str, config: IndexConfig, prompts, attr_args: AttributeArgs
     """index + attribute in one job, with one status file (what the dashboard starts), under the run's lock."""
     from .locks import run_lock
 
+    from .models import resolve_device
+
     rdir = ws.run_dir(run)
+    if out is not None and Path(out).suffix.lower() not in (".parquet", ".jsonl", ".csv"):
+        raise InputError(f"--out {out}: use a .parquet, .jsonl or .csv file name")
+    prompts = read_prompts(prompts) if isinstance(prompts, (str, Path)) else list(prompts)
     with run_lock(rdir):
-        rdir.mkdir(parents=True, exist_ok=True)
+        # Inputs refused here (prompts, different arguments, a K larger than the corpus) leave the status of
+        # an existing run as it was: a refused command must not show a finished run as failed.
+        begin_run(ws, run, config, resolve_device(device), overwrite)
         with Reporter(rdir, run).finishing() as rep:
             index(ws, run, config, device=device, overwrite=overwrite, progress=progress, reporter=rep)
             attr_args = attr_args or AttributeArgs(device=device)

@@ -296,6 +296,23 @@ def test_failed_index_records_failed_and_a_fixed_model_resumes(small_run, tmp_pa
     assert _cli(capsys, *_index_argv(ws, model_dir, "badlayer", "--steps", "5"))[0] == 0
 
 
+def test_refused_commands_leave_a_finished_run_as_it_was(small_run, tmp_path, capsys):
+    """`stride run` / `index` refused on a finished run (different arguments, an empty prompts file) must
+    not record the finished run as failed: status.json is untouched."""
+    ws, model_dir, _ = small_run
+    before = read_status(ws.run_dir("r1"))
+    prompts = _write(tmp_path / "p.txt", "The json module\n")
+    empty = _write(tmp_path / "e.txt", "\n")
+    for extra in (["--K", "30", "--prompts", prompts], ["--prompts", empty], ["--prompts", prompts, "--out", tmp_path / "o.xls"]):
+        rc, _, err = _cli(capsys, "--workspace", ws.root, "run", "--corpus", "small", "--model", model_dir, "--run", "r1",
+                          "--preset", "ci", "--K", "40", "--steps", "20", "--device", "cpu", *extra)
+        assert rc == 2 and len(_error_lines(err)) == 1, err
+    rc, _, err = _cli(capsys, *_index_argv(ws, model_dir, "r1", "--R", "4"))
+    _assert_one_error(rc, err, "different arguments (operators.R)")
+    after = read_status(ws.run_dir("r1"))
+    assert (after.state, after.updated_at, after.error) == (before.state, before.updated_at, before.error)
+
+
 def test_index_reports_ignored_files(small_run, tmp_path, capsys, caplog):
     ws, model_dir, _ = small_run
     d = _model_variant(Path(model_dir), tmp_path / "m", "pickle-beside-safetensors")
