@@ -54,10 +54,10 @@ class DistArgs:
     def __post_init__(self):
         if self.backend not in ("auto", "gloo", "nccl"):
             raise StrideError(f"backend must be auto, gloo or nccl, got {self.backend!r}")
-        if self.query_batch < 1:
-            raise StrideError("query_batch must be >= 1")
-        if self.timeout_s <= 0:
-            raise StrideError("timeout_s must be > 0")
+        from .arguments import check_float, check_int
+
+        check_int(self.query_batch, "query_batch", 1)
+        check_float(self.timeout_s, "timeout_s", 0.0, lo_open=True)
 
 
 # ------------------------------------------------------------------------------------ process group

@@ -651,13 +651,20 @@ def run_all(ws, run: str, config: IndexConfig, prompts, attr_args: AttributeArgs
     from .models import resolve_device
 
     rdir = ws.run_dir(run)
-    if out is not None and Path(out).suffix.lower() not in (".parquet", ".jsonl", ".csv"):
-        raise InputError(f"--out {out}: use a .parquet, .jsonl or .csv file name")
-    prompts = read_prompts(prompts) if isinstance(prompts, (str, Path)) else list(prompts)
     with run_lock(rdir):
         # Inputs refused here (prompts, different arguments, a K larger than the corpus) leave the status of
-        # an existing run as it was: a refused command must not show a finished run as failed.
-        begin_run(ws, run, config, resolve_device(device), overwrite)
+        # an existing run as it was: a refused command must not show a finished run as failed. A job the
+        # dashboard queued for a new run gets the error in its status.
+        try:
+            if out is not None and Path(out).suffix.lower() not in (".parquet", ".jsonl", ".csv"):
+                raise InputError(f"--out {out}: use a .parquet, .jsonl or .csv file name")
+            prompts = read_prompts(prompts) if isinstance(prompts, (str, Path)) else list(prompts)
+            begin_run(ws, run, config, resolve_device(device), overwrite)
+        except StrideError as exc:
+            prev = read_status(rdir)
+            if prev is not None and prev.state == "queued":
+                Reporter(rdir, run).finish("failed", str(exc))
+            raise
         with Reporter(rdir, run).finishing() as rep:
             index(ws, run, config, device=device, overwrite=overwrite, progress=progress, reporter=rep)
             attr_args = attr_args or AttributeArgs(device=device)

@@ -137,10 +137,11 @@ def test_import_killed_mid_load_is_cleaned_by_the_next_import(ws, tmp_path):
     assert _corpora(ws)["c"] == 2000 and not list(ws.root.glob(".import-*"))
 
 
-def _wait_for(flag: Path, proc, timeout_s: float = 300):
+def _wait_for(flag: Path, proc, timeout_s: float = 300, log: Path | None = None):
     deadline = time.time() + timeout_s
     while not flag.exists():
-        assert proc.poll() is None, f"the process ended (rc {proc.returncode}) before reaching the kill point"
+        assert proc.poll() is None, (f"the process ended (rc {proc.returncode}) before reaching the kill point"
+                                     + (f": {log.read_text()[-2000:]}" if log else ""))
         assert time.time() < deadline, "the process did not reach the kill point"
         time.sleep(0.05)
 
@@ -311,6 +312,15 @@ def test_refused_commands_leave_a_finished_run_as_it_was(small_run, tmp_path, ca
     _assert_one_error(rc, err, "different arguments (operators.R)")
     after = read_status(ws.run_dir("r1"))
     assert (after.state, after.updated_at, after.error) == (before.state, before.updated_at, before.error)
+    # a run the dashboard queued (status "queued", nothing indexed yet) gets the refusal as its error
+    from stride_core.progress import RunStatus, write_status
+
+    write_status(ws.run_dir("queued"), RunStatus(run="queued", state="queued"))
+    rc, _, err = _cli(capsys, "--workspace", ws.root, "run", "--corpus", "small", "--model", model_dir, "--run", "queued",
+                      "--preset", "ci", "--K", "500", "--device", "cpu", "--prompts", prompts)
+    _assert_one_error(rc, err, "larger than the 160 documents")
+    st = read_status(ws.run_dir("queued"))
+    assert st.state == "failed" and "larger than" in st.error
 
 
 def test_index_reports_ignored_files(small_run, tmp_path, capsys, caplog):
@@ -557,13 +567,15 @@ def test_sigkill_at_each_stage_resumes_to_identical_rankings(small_run, tmp_path
     rdir = ws.run_dir("killed")
     for stage in KILL_STAGES:
         flag = tmp_path / f"flag-{stage.replace(' ', '-')}"
-        proc = subprocess.Popen([sys.executable, "-c", _PAUSE_DRIVER, stage, str(flag), *argv], cwd=REPO,
-                                env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        try:
-            _wait_for(flag, proc)
-        finally:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
+        log = tmp_path / f"log-{stage.replace(' ', '-')}.txt"
+        with open(log, "w") as fh:  # a file, not a pipe: a full pipe would block the child before the kill point
+            proc = subprocess.Popen([sys.executable, "-c", _PAUSE_DRIVER, stage, str(flag), *argv], cwd=REPO,
+                                    env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=fh, stderr=subprocess.STDOUT)
+            try:
+                _wait_for(flag, proc, log=log)
+            finally:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
         st = read_status(rdir)
         assert st.state == "running" and st.pid == proc.pid  # what SIGKILL leaves; readers see the dead pid (jobs.list_runs)
         assert not (rdir / "operators.safetensors").exists() or stage in ("attribute", "write")
