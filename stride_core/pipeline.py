@@ -610,8 +610,15 @@ def sync_attributions(ws, run: str, log_repair: bool = True) -> bool:
 
     path = ws.run_dir(run) / "attributions.parquet"
     digest = hashlib.sha1(path.read_bytes()).hexdigest() if path.exists() else None
-    if digest is None and not ws.db_path.exists():
-        return False
+    if not ws.db_path.exists():
+        if digest is None:
+            return False
+    else:  # the common case, an up-to-date copy, needs only a read-only look
+        with ws.connect(read_only=True) as con:
+            has = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'attribution_sources'").fetchone()[0]
+            recorded = con.execute("SELECT sha1 FROM attribution_sources WHERE run = ?", [run]).fetchone() if has else None
+        if recorded is not None and recorded[0] == digest:
+            return False
     with ws.connect() as con:
         con.execute("""CREATE TABLE IF NOT EXISTS attributions (run VARCHAR, query_id VARCHAR, prompt VARCHAR, continuation VARCHAR,
                        direction VARCHAR, rank INTEGER, doc_id BIGINT, score DOUBLE, snippet VARCHAR, query_loss DOUBLE, metadata VARCHAR)""")
