@@ -361,7 +361,13 @@ def load_run(ws, run: str) -> tuple[Path, IndexConfig]:
     if not (rdir / "args.json").exists():
         known = sorted(d.name for d in ws.runs_dir.glob("*") if (d / "args.json").exists()) if ws.runs_dir.exists() else []
         raise RunError(f"unknown run {run!r} in {ws.root} (known: {known or 'none'}); create it with `stride index`")
-    config = IndexConfig.from_dict(json.loads((rdir / "args.json").read_text())["index"])
+    try:
+        config = IndexConfig.from_dict(json.loads((rdir / "args.json").read_text())["index"])
+    except StrideError as exc:  # e.g. `--steps 0` or `--lr inf`, accepted by versions before the argument checks
+        raise RunError(f"run {run!r} was indexed with arguments that are refused now ({exc}), so its index is not usable: "
+                       f"re-index it with corrected arguments and --overwrite") from exc
+    except (KeyError, TypeError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RunError(f"{rdir / 'args.json'} is damaged ({type(exc).__name__}: {exc}): re-index the run with --overwrite") from exc
     if not (rdir / "operators.safetensors").exists():
         raise RunError(f"run {run!r} is not fully indexed (no operators yet): re-run `stride index --run {run}` to resume")
     return rdir, config

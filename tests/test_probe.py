@@ -336,7 +336,8 @@ def test_index_reports_ignored_files(small_run, tmp_path, capsys, caplog):
 
 
 def _broken_run(ws, name: str, how: str):
-    """A copy of run r1 whose operators are untrained (all zero, as `--steps 0` left them) or nan."""
+    """A copy of run r1 that is not fully indexed, or whose operators are untrained (all zero), nan, or
+    all zero with `steps: 0` in args.json (what `--steps 0` left before steps >= 1 was enforced)."""
     import torch
     from safetensors.torch import load_file, save_file
 
@@ -345,10 +346,14 @@ def _broken_run(ws, name: str, how: str):
         shutil.copytree(ws.run_dir("r1"), dst, ignore=shutil.ignore_patterns("attributions.parquet", "status.json"))
         if how == "not-indexed":
             (dst / "operators.safetensors").unlink()
-        else:
-            st = load_file(str(dst / "operators.safetensors"))
-            st["A"] = torch.zeros_like(st["A"]) if how == "untrained" else torch.full_like(st["A"], float("nan"))
-            save_file(st, str(dst / "operators.safetensors"))
+            return name
+        if how == "steps-0":
+            args = json.loads((dst / "args.json").read_text())
+            args["index"]["operators"]["steps"] = 0
+            (dst / "args.json").write_text(json.dumps(args))
+        st = load_file(str(dst / "operators.safetensors"))
+        st["A"] = torch.full_like(st["A"], float("nan")) if how == "nan" else torch.zeros_like(st["A"])
+        save_file(st, str(dst / "operators.safetensors"))
     return name
 
 
@@ -366,6 +371,7 @@ ATTRIBUTE_CASES = {  # case: (run, options, fragment)
     "unknown-run": ("nope", [], "unknown run"),
     "not-fully-indexed": ("not-indexed", [], "not fully indexed"),
     "untrained-operators": ("untrained", [], "untrained operators"),
+    "indexed-with-steps-0": ("steps-0", [], "was indexed with arguments that are refused now (steps must be"),
     "nan-operators": ("nan", [], "hold nan or inf"),
 }
 
@@ -374,7 +380,7 @@ ATTRIBUTE_CASES = {  # case: (run, options, fragment)
 def test_attribute_bad_inputs(case, small_run, tmp_path, capsys):
     ws, _, _ = small_run
     run, opts, fragment = ATTRIBUTE_CASES[case]
-    if run in ("untrained", "nan", "not-indexed"):
+    if run in ("untrained", "nan", "not-indexed", "steps-0"):
         run = _broken_run(ws, f"probe-{run}", run)
     prompts = _write(tmp_path / "p.txt", "The json module\n")
     empty = _write(tmp_path / "e.txt", "\n")
