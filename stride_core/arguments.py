@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import asdict, dataclass, fields
 
 from .errors import StrideError
@@ -54,6 +56,23 @@ def parse_number_or_auto(text: str, option: str, minimum: float = 0.0) -> float 
         raise StrideError(f"{option} takes 'auto' or a number >= {minimum:g}; got {text!r}")
     return value
 
+def check_int(value, name: str, lo: int, hi: int | None = None) -> None:
+    """`value` is an integer (not a bool, not 2.5) in lo..hi; the message names the option."""
+    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= lo and (hi is None or value <= hi)
+    if not ok:
+        rng = f">= {lo}" if hi is None else f"in {lo}..{hi}"
+        raise StrideError(f"{name} must be an integer {rng}, got {value!r}")
+
+
+def check_float(value, name: str, lo: float = 0.0, hi: float | None = None, lo_open: bool = False) -> None:
+    """`value` is a finite number >= lo (> lo when lo_open) and <= hi: inf and nan are refused, since
+    they train to nan losses that would otherwise be saved as a finished index."""
+    ok = (isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+          and (value > lo if lo_open else value >= lo) and (hi is None or value <= hi))
+    if not ok:
+        rng = (f"> {lo:g}" if lo_open else f">= {lo:g}") + ("" if hi is None else f" and <= {hi:g}")
+        raise StrideError(f"{name} must be a finite number {rng}, got {value!r}")
+
 
 @dataclass
 class CacheArgs(_Args):
@@ -65,8 +84,9 @@ class CacheArgs(_Args):
     dtype: str = "float16"
 
     def __post_init__(self):
-        _check(self.max_tokens >= 2, "max_tokens must be >= 2")
-        _check(self.batch_size >= 1, "batch_size must be >= 1")
+        check_int(self.max_tokens, "max_tokens", 2, 1_000_000)
+        check_int(self.batch_size, "batch_size", 1, 1_000_000)
+        _check(self.layer is None or (isinstance(self.layer, str) and self.layer.strip() != ""), "layer must be a module name")
         _check(self.dtype in ("float16", "float32"), "dtype must be float16 or float32")
 
 
@@ -81,9 +101,11 @@ class SubsetArgs(_Args):
     designs: int = 1
 
     def __post_init__(self):
-        _check(self.K >= 2, "K must be >= 2")
-        _check(1 <= self.S <= self.K, "S must be in 1..K")
-        _check(1 <= self.designs <= 16, "designs must be in 1..16")
+        check_int(self.K, "K", 2, 10_000_000)
+        check_int(self.S, "S", 1)
+        _check(self.S <= self.K, f"S must be in 1..K (K={self.K}), got {self.S}")
+        check_int(self.seed, "seed", 0, 2 ** 32 - 1)
+        check_int(self.designs, "designs", 1, 16)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -116,14 +138,23 @@ class OperatorArgs(_Args):
     device: str = "auto"
 
     def __post_init__(self):
-        _check(self.R >= 1, "R must be >= 1")
-        _check(self.steps >= 0, "steps must be >= 0")
-        _check(self.lr > 0, "lr must be > 0")
-        _check(self.temperature > 0, "temperature must be > 0")
+        check_int(self.R, "R", 1, 100_000)
+        check_int(self.steps, "steps", 1, 10_000_000)  # 0 steps would save untrained (all-zero) operators as an index
+        check_float(self.lr, "lr", 0.0, lo_open=True)
+        check_float(self.weight_decay, "weight_decay")
+        check_float(self.temperature, "temperature", 0.0, lo_open=True)
         for n in ("fidelity_weight", "stability_weight", "linearity_weight"):
-            _check(getattr(self, n) >= 0, f"{n} must be >= 0")
+            check_float(getattr(self, n), n)
         _check(self.fidelity_weight + self.stability_weight + self.linearity_weight > 0, "at least one loss weight must be > 0")
-        _check(self.tokens_per_subset >= 1 and self.stability_tokens >= 0 and self.subset_batch >= 1, "sample sizes must be positive")
+        check_int(self.tokens_per_subset, "tokens_per_subset", 1)
+        check_int(self.stability_tokens, "stability_tokens", 0)
+        check_int(self.subset_batch, "subset_batch", 1)
+        check_int(self.jl_dim, "jl_dim", 1)
+        check_float(self.ridge_gamma, "ridge_gamma", 0.0, lo_open=True)
+        check_int(self.linearity_batch, "linearity_batch", 1)
+        check_int(self.n_reference, "n_reference", 1)
+        check_int(self.reference_tokens, "reference_tokens", 1)
+        check_int(self.seed, "seed", 0, 2 ** 32 - 1)
         _check(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "device must be auto, cpu or cuda")
 
 
@@ -149,14 +180,18 @@ class AttributeArgs(_Args):
     device: str = "auto"
 
     def __post_init__(self):
-        _check(self.top_k >= 1, "top_k must be >= 1")
-        _check(0 <= self.max_new_tokens <= 512, "max_new_tokens must be in 0..512")
+        check_int(self.top_k, "top_k", 1, 1_000_000)
+        check_int(self.max_new_tokens, "max_new_tokens", 0, 512)
         _check(self.lambda_rule in ("1se", "min"), "lambda_rule must be '1se' or 'min'")
         _check(self.ranking in ("specific", "raw"), "ranking must be 'specific' or 'raw'")
-        _check(2 <= self.n_reference_queries <= 4096, "n_reference_queries must be in 2..4096")
-        _check(1.0 <= self.repetition_penalty <= 10.0, "repetition_penalty must be in 1..10 (1 = off)")
-        _check(0 <= self.no_repeat_ngram_size <= 32, "no_repeat_ngram_size must be in 0..32 (0 = off)")
-        _check(self.alpha == "auto" or (isinstance(self.alpha, (int, float)) and self.alpha >= 0), "alpha must be 'auto' or >= 0")
+        check_int(self.n_reference_queries, "n_reference_queries", 2, 4096)
+        check_float(self.repetition_penalty, "repetition_penalty (1 = off)", 1.0, 10.0)
+        check_int(self.no_repeat_ngram_size, "no_repeat_ngram_size (0 = off)", 0, 32)
+        if self.alpha != "auto":
+            check_float(self.alpha, "alpha ('auto' or a number)")
+        if self.alpha_ratio is not None:
+            check_float(self.alpha_ratio, "alpha_ratio", 0.0, 1.0, lo_open=True)
+        _check(self.device in ("auto", "cpu", "cuda") or str(self.device).startswith("cuda:"), "device must be auto, cpu or cuda")
 
 
 PRESETS = {

@@ -67,7 +67,12 @@ def cmd_corpus_build_default(args):
 def cmd_corpus_list(args):
     from .corpus import list_corpora
 
-    _print_table(list_corpora(_ws(args)), ["name", "format", "n_docs", "n_chars", "n_shards", "n_duplicates", "source_path"])
+    ws = _ws(args)
+    _print_table(list_corpora(ws), ["name", "format", "n_docs", "n_chars", "n_shards", "n_duplicates", "source_path"])
+    stale = ws.stale_staging()
+    if stale:
+        print(f"note: {len(stale)} staged import folder(s) ({sum(n for _, n in stale) / 1e6:.1f} MB) left by an interrupted "
+              f"`stride corpus import`: {', '.join(d.name for d, _ in stale)}; the next `stride corpus import` removes them")
 
 
 def cmd_corpus_show(args):
@@ -104,13 +109,15 @@ def cmd_model_train_tiny(args):
 
 
 def cmd_model_check(args):
-    from .models import check_model_dir, load_model_and_tokenizer
+    from .models import check_model_dir, ignored_model_files, load_model_and_tokenizer
 
     cfg = check_model_dir(args.path)
     model, tok = load_model_and_tokenizer(args.path)
     n = sum(p.numel() for p in model.parameters())
-    print(f"ok: {cfg.get('model_type')} with {n} parameters, vocab {len(tok)}, "
+    print(f"ok: {cfg.get('model_type')} with {n} parameters, vocab {len(tok)} (embedding {model.get_input_embeddings().weight.shape[0]} rows), "
           f"{model.config.num_hidden_layers} layers, context {getattr(model.config, 'max_position_embeddings', None) or getattr(model.config, 'n_positions', None)}")
+    for line in ignored_model_files(args.path):
+        print(f"ignored: {line}")
 
 
 # ------------------------------------------------------------------------------- index / attribute
@@ -180,7 +187,10 @@ def cmd_attribute(args):
 
     df = attribute(_ws(args), args.run, _prompts_from_args(args), _attr_args(args), out=args.out, progress=not args.no_progress)
     _print_top(df)
-    print(f"\n{df['query_id'].nunique()} prompts, {len(df)} ranked rows" + (f" written to {args.out}" if args.out else ""))
+    unranked = df.attrs.get("unranked", [])
+    print(f"\n{df.attrs.get('n_prompts', df['query_id'].nunique())} prompts, {len(df)} ranked rows"
+          + (f" written to {args.out}" if args.out else "")
+          + (f"; {len(unranked)} prompt(s) with no document of non-zero effect: {', '.join(unranked[:10])}" if unranked else ""))
 
 
 def cmd_run(args):

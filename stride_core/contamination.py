@@ -70,14 +70,19 @@ class ContaminationArgs:
     device: str = "auto"
 
     def __post_init__(self):
-        if not 1 <= self.ngram <= 64:
-            raise StrideError("ngram must be in 1..64")
-        if not 0 < self.overlap_threshold <= 1:
-            raise StrideError("overlap_threshold must be in (0, 1]")
-        if not (self.z_threshold == "auto" or (isinstance(self.z_threshold, (int, float)) and self.z_threshold > 0)):
-            raise StrideError("z_threshold must be 'auto' or > 0")
-        if not 0 <= self.min_overlap <= 1 or self.max_pairs_per_item < 0 or self.batch_docs < 1 or self.max_items < 1:
-            raise StrideError("min_overlap must be in [0, 1]; max_pairs_per_item >= 0; batch_docs, max_items >= 1")
+        from .arguments import check_float, check_int
+
+        check_int(self.ngram, "ngram", 1, 64)
+        check_float(self.overlap_threshold, "overlap_threshold", 0.0, 1.0, lo_open=True)
+        if self.z_threshold != "auto":
+            check_float(self.z_threshold, "z_threshold ('auto' or a number)", 0.0, lo_open=True)
+        # inf is the documented "never" of influence_only_z; nan or <= 0 would flag everything or nothing silently
+        if not (isinstance(self.influence_only_z, (int, float)) and self.influence_only_z > 0):
+            raise StrideError(f"influence_only_z must be > 0 (inf: never), got {self.influence_only_z!r}")
+        check_float(self.min_overlap, "min_overlap", 0.0, 1.0)
+        check_int(self.max_pairs_per_item, "max_pairs_per_item", 0)
+        check_int(self.batch_docs, "batch_docs", 1)
+        check_int(self.max_items, "max_items", 1)
 
     def z_for(self, n_docs: int) -> float:
         if self.z_threshold != "auto":

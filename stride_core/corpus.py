@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -301,9 +300,10 @@ def import_records(
         + [(c, pa.string()) for c in cols_out]
     )
     ws.ensure()
+    ws.clean_staging()  # staged files of an import killed before its cleanup (SIGKILL)
     n_docs = n_chars = n_empty = 0
-    with tempfile.TemporaryDirectory(dir=ws.root, prefix=".import-") as tmp:
-        staged = Path(tmp) / "staged.parquet"
+    with ws.staging_dir() as tmp:
+        staged = tmp / "staged.parquet"
         writer = pq.ParquetWriter(staged, schema)
         try:
             for batch in batches:

@@ -26,6 +26,7 @@ Without torchrun's environment (RANK / WORLD_SIZE) everything runs as one proces
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import logging
@@ -53,10 +54,10 @@ class DistArgs:
     def __post_init__(self):
         if self.backend not in ("auto", "gloo", "nccl"):
             raise StrideError(f"backend must be auto, gloo or nccl, got {self.backend!r}")
-        if self.query_batch < 1:
-            raise StrideError("query_batch must be >= 1")
-        if self.timeout_s <= 0:
-            raise StrideError("timeout_s must be > 0")
+        from .arguments import check_float, check_int
+
+        check_int(self.query_batch, "query_batch", 1)
+        check_float(self.timeout_s, "timeout_s", 0.0, lo_open=True)
 
 
 # ------------------------------------------------------------------------------------ process group
@@ -233,6 +234,15 @@ def token_blocks(offsets: np.ndarray, world: int) -> list[tuple[int, int]]:
 def index(ws, run: str, config, comm: Comm, device: str, overwrite: bool = False, progress: bool = True):
     """`pipeline.index` on every rank of `comm` (all ranks call it with the same arguments).
     Returns the run folder. `device` is this rank's device (see `setup`)."""
+    from .locks import run_lock
+
+    if config.subsets.designs > 1:
+        raise StrideError("--designs > 1 is not supported under torchrun yet: index with `stride index` (one process)")
+    with run_lock(ws.run_dir(run)) if comm.is_main else contextlib.nullcontext():  # rank 0 holds the run for all ranks
+        return _index(ws, run, config, comm, device, overwrite, progress)
+
+
+def _index(ws, run: str, config, comm: Comm, device: str, overwrite: bool, progress: bool):
     from .activations import FeatureCache, fill_cache, finish_cache, prepare_cache
     from .estimator import StrideEstimator
     from .operators import train_operators
@@ -240,8 +250,6 @@ def index(ws, run: str, config, comm: Comm, device: str, overwrite: bool = False
     from .progress import Reporter
     from .tokens import TokenizeArgs, TokenStore, begin_tokens, finish_tokens, tokenize_part
 
-    if config.subsets.designs > 1:
-        raise StrideError("--designs > 1 is not supported under torchrun yet: index with `stride index` (one process)")
     main = comm.is_main
     show = progress and main
     begun = comm.agree(lambda: begin_run(ws, run, config, device, overwrite) if main else None)
@@ -297,8 +305,8 @@ def index(ws, run: str, config, comm: Comm, device: str, overwrite: bool = False
 
             def save():
                 est.reference_ = est.reference_y(cache)
-                _atomic_save(est.save, op_path)
-                (rdir / "operators_trace.json").write_text(json.dumps(est.trace_))
+                _atomic_save(lambda p: p.write_text(json.dumps(est.trace_)), rdir / "operators_trace.json")
+                _atomic_save(est.save, op_path)  # last: its presence marks the index finished
 
             comm.agree(lambda: save() if main else None)
         rep.stage("indexed", f"index complete ({comm.world} processes)")
@@ -371,9 +379,17 @@ def attribute(ws, run: str, prompts, comm: Comm, args=None, out=None, progress: 
     """`pipeline.attribute` with the prompts split over the ranks of `comm` (all ranks call it with the
     same arguments). Rank 0 returns the ranked rows (a DataFrame, also written like pipeline.attribute
     writes them); the other ranks return None."""
+    from .locks import run_lock
+
+    with run_lock(ws.run_dir(run)) if comm.is_main else contextlib.nullcontext():  # rank 0 holds the run for all ranks
+        return _attribute(ws, run, prompts, comm, args, out, progress, dargs)
+
+
+def _attribute(ws, run: str, prompts, comm: Comm, args, out, progress: bool, dargs):
     from .activations import features_in_memory
     from .arguments import AttributeArgs
-    from .pipeline import _generate, open_run, query_items, read_prompts, write_attributions, write_generic
+    from .pipeline import (_generate, check_measurements, open_run, query_items, read_prompts, sync_attributions,
+                           write_attributions, write_generic)
     from .progress import Reporter
 
     args = args or AttributeArgs()
@@ -389,6 +405,7 @@ def attribute(ws, run: str, prompts, comm: Comm, args=None, out=None, progress: 
         raise StrideError(f"run {run!r} has {opened.config.subsets.designs} designs, not supported under torchrun yet: "
                           "use `stride attribute` (one process)")
     rdir, config, task, cache, est = opened.rdir, opened.config, opened.task, opened.cache, opened.estimator
+    comm.agree(lambda: sync_attributions(ws, run) if main else None)  # repair a copy left stale by a killed call
     rep = Reporter(rdir if main else None, run)
     try:
         rep.stage("attribute", f"{len(prompts)} prompts on {comm.world} processes")
@@ -400,6 +417,7 @@ def attribute(ws, run: str, prompts, comm: Comm, args=None, out=None, progress: 
             if not gens:
                 return gens, np.zeros((0, est.design_.K), np.float32), np.zeros(0, np.float32)
             y, base = est.measure(features_in_memory(task, query_items(gens)))
+            check_measurements(run, y, [g["query_id"] for g in gens])
             return gens, y, base
 
         gens, y, base = comm.agree(measure_mine)

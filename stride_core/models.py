@@ -41,6 +41,43 @@ def check_model_dir(path: str | Path) -> dict:
     return cfg
 
 
+def ignored_model_files(path: str | Path) -> list[str]:
+    """What a (checked) model folder holds that loading never uses, one line each: pickled files beside the
+    safetensors (loading passes use_safetensors=True, so they are never unpickled) and custom-code
+    references of the tokenizer (loading passes trust_remote_code=False, so that code is never run).
+    Custom code in config.json or .py files is refused by check_model_dir instead."""
+    p = Path(path).expanduser()
+    out = [f"{f.name} (pickled file: never loaded, only *.safetensors weights are read)"
+           for f in sorted(p.iterdir()) if f.is_file() and f.suffix in PICKLE_SUFFIXES]
+    for name in ("tokenizer_config.json", "processor_config.json", "preprocessor_config.json"):
+        f = p / name
+        if not f.exists():
+            continue
+        try:
+            obj = json.loads(f.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ModelError(f"{f} is not valid JSON ({exc})") from exc
+        if isinstance(obj, dict) and obj.get("auto_map"):
+            out.append(f"auto_map in {name} (custom code: never run, loading uses trust_remote_code=False and the built-in classes)")
+    return out
+
+
+def check_vocab_fits(model, tok, where) -> None:
+    """Every id the tokenizer can produce must have a row in the model's input embedding and output head:
+    a larger tokenizer makes the forward pass fail (or read another token's row) on its extra ids."""
+    vocab = tok.get_vocab()
+    n_ids = max(len(tok), (max(vocab.values()) + 1) if vocab else 0)
+    emb = model.get_input_embeddings()
+    head = model.get_output_embeddings()
+    parts = [("input embedding", None if emb is None else emb.weight.shape[0]),
+             ("output head", None if head is None else head.weight.shape[0])]
+    for what, rows in parts:
+        if rows is not None and n_ids > rows:
+            raise ModelError(f"{where}: the tokenizer has {n_ids} token ids but the model's {what} has {rows} rows; "
+                             "the tokenizer does not belong to these weights (put the tokenizer files the model was "
+                             "trained with in the folder)")
+
+
 def load_model_and_tokenizer(path: str | Path, device: str = "cpu", dtype=None):
     """AutoModelForCausalLM + AutoTokenizer from a local folder, eval mode, on `device`."""
     import torch
@@ -59,6 +96,11 @@ def load_model_and_tokenizer(path: str | Path, device: str = "cpu", dtype=None):
         )
     except Exception as exc:
         raise ModelError(f"cannot load a causal LM from {p}: {exc}") from exc
+    if not tok("The quick brown fox.", add_special_tokens=False)["input_ids"]:
+        # transformers builds an empty tokenizer from a folder without tokenizer files instead of failing
+        raise ModelError(f"{p}: the tokenizer encodes text to nothing ({len(tok)} token ids); the folder needs the "
+                         "model's tokenizer files (tokenizer.json, or vocab.json + merges.txt, ...)")
+    check_vocab_fits(model, tok, p)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     model.to(device).eval()

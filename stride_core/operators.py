@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .arguments import OperatorArgs
+from .errors import RunError
 
 logger = logging.getLogger(__name__)
 
@@ -214,6 +215,7 @@ def train_operators(cache, design, head, args: OperatorArgs, device: str = "cpu"
             terms_t = part.reduce(ops, terms_t)  # gradients and terms summed over processes
         opt.step()
         terms = {n: v.item() for n, v in terms_t.items()}
+        _check_finite_terms(terms, step, args)
         trace.append(terms)
         if step % 10 == 0 or step == args.steps - 1:
             bar.set_postfix({n: f"{v:.4f}" for n, v in terms.items()})
@@ -221,5 +223,24 @@ def train_operators(cache, design, head, args: OperatorArgs, device: str = "cpu"
                 on_progress((step + 1) / max(args.steps, 1), **terms)
     logger.info("trained %d steering operators (R=%d) in %.1fs: %s", design.K, args.R, time.time() - t0,
                 {n: round(v, 4) for n, v in (trace[-1] if trace else {}).items()})
+    bad = [n for n, p in ops.named_parameters() if not torch.isfinite(p).all()]
+    if bad:  # the last update can overflow even when its loss was finite
+        raise RunError(f"operator training diverged: parameters {', '.join(bad)} are not finite after step {args.steps}; "
+                       f"{_divergence_hint(args)}")
     ops.eval()
     return ops, trace
+
+
+def _divergence_hint(args: OperatorArgs) -> str:
+    return (f"lower --lr (now {args.lr:g}) or the loss weights (fidelity {args.fidelity_weight:g}, stability "
+            f"{args.stability_weight:g}, linearity {args.linearity_weight:g}) or raise --temperature (now {args.temperature:g}), "
+            "then re-run the same command with the new value (no --overwrite needed: nothing was saved)")
+
+
+def _check_finite_terms(terms: dict, step: int, args: OperatorArgs) -> None:
+    """Stop at the first non-finite loss term: a nan loss would train nan operators that still save as an index."""
+    bad = [n for n, v in terms.items() if n != "total" and not np.isfinite(v)] or [n for n, v in terms.items() if not np.isfinite(v)]
+    if bad:
+        what = f"the {bad[0]} loss is" if len(bad) == 1 else f"the {' and '.join(bad)} losses are"
+        raise RunError(f"operator training diverged at step {step + 1} of {args.steps}: {what} {terms[bad[0]]} "
+                       f"({', '.join(f'{n} {v:.4g}' for n, v in terms.items())}); {_divergence_hint(args)}")

@@ -7,10 +7,12 @@ Run folder (workspace/runs/<run>/):
   subsets.safetensors         membership (N, S) + doc_ids
   operators.safetensors       basis, steering matrices, reference y
   operators_trace.json        loss terms per step
-  attributions.parquet        ranked documents of the latest `attribute` call
+  attributions.parquet        ranked documents of the latest `attribute` call (the DuckDB rows derive from it)
 A stage whose artifact exists is skipped; changed arguments under an existing run name raise unless
-overwrite=True. Artifacts are written to a temporary name and renamed, so an interrupted stage is
-never mistaken for a finished one.
+overwrite=True, or unless only stages that never finished depend on them (those restart). Artifacts
+are written to a temporary name and renamed, so an interrupted stage is never mistaken for a finished
+one; a failed stage records `failed` with its error in status.json. `index` and `attribute` hold the
+run's lock (stride_core.locks).
 """
 
 from __future__ import annotations
@@ -120,6 +122,11 @@ def _atomic_save(save_fn, path: Path):
     os.replace(tmp, path)
 
 
+def _save_npy(path: Path, a: np.ndarray):
+    with open(path, "wb") as fh:  # a file object: np.save would append .npy to the temporary name
+        np.save(fh, a)
+
+
 def _load_task(config: IndexConfig, device: str):
     from .models import load_model_and_tokenizer
     from .tasks import CausalLMTask
@@ -156,12 +163,58 @@ def prepare_tokens(ws, rdir: Path, config: IndexConfig, tokenizer, progress: boo
     return tokens
 
 
+_REPORTED_MODELS: set[str] = set()
+
+# What each index stage leaves in the run folder, in stage order; a stage is finished when its artifact is.
+_STAGE_ARTIFACTS = {"tokens": ["tokens"], "cache": ["cache"], "subsets": ["subsets.safetensors"],
+                    "operators": ["operators.safetensors", "operators_trace.json"]}
+
+
+def _changed_arguments(old: dict, new: dict) -> list[str]:
+    """Dotted names of the index arguments that differ ("model", "operators.lr", ...)."""
+    out = []
+    for k, v in new.items():
+        o = old.get(k)
+        if isinstance(v, dict) and isinstance(o, dict):
+            out += [f"{k}.{n}" for n in sorted(set(v) | set(o)) if v.get(n) != o.get(n)]
+        elif o != v:
+            out.append(k)
+    return out
+
+
+def _stages_fed_by(changed: list[str]) -> list[str]:
+    """The stages whose results depend on the changed arguments (each stage feeds the operators)."""
+    stages = set()
+    for name in changed:
+        if name in ("corpus", "shards"):
+            stages |= {"tokens", "cache", "subsets", "operators"}
+        elif name in ("model", "cache.max_tokens"):
+            stages |= {"tokens", "cache", "operators"}
+        elif name.startswith("cache."):
+            stages |= {"cache", "operators"}
+        elif name.startswith("subsets."):
+            stages |= {"subsets", "operators"}
+        else:
+            stages.add("operators")
+    return [s for s in _STAGE_ARTIFACTS if s in stages]
+
+
+def _stage_finished(rdir: Path, stage: str) -> bool:
+    if stage in ("tokens", "cache"):
+        try:
+            return bool(json.loads((rdir / stage / "meta.json").read_text()).get("finished"))
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            return False
+    return (rdir / _STAGE_ARTIFACTS[stage][0]).exists()
+
+
 def begin_run(ws, run: str, config: IndexConfig, dev: str, overwrite: bool = False) -> tuple[Path, dict]:
     """Check the corpus and model, then create the run folder (args.json, provenance.json), or accept an
     existing one with the same arguments (raises RunError on different ones unless overwrite).
-    Returns (run folder, corpus info)."""
+    A retry whose changed arguments feed only stages that never finished (a failed or interrupted run) is
+    accepted: those stages restart, the finished ones are kept. Returns (run folder, corpus info)."""
     from .corpus import corpus_info
-    from .models import check_model_dir
+    from .models import check_model_dir, ignored_model_files
 
     ws.ensure()
     rdir = ws.run_dir(run)
@@ -169,14 +222,38 @@ def begin_run(ws, run: str, config: IndexConfig, dev: str, overwrite: bool = Fal
     check_model_dir(config.model)
     # before anything is written: a run folder left by a wrong K would block the corrected retry
     check_documents(config, info["n_docs"] if config.shards is None else count_documents(ws, config.corpus, config.shards))
+    if config.model not in _REPORTED_MODELS:  # once per process (`run` begins the run twice)
+        _REPORTED_MODELS.add(config.model)
+        for line in ignored_model_files(config.model):
+            logger.warning("model %s: ignored %s", config.model, line)
     args_path = rdir / "args.json"
     if args_path.exists():
-        old = json.loads(args_path.read_text())
-        if old.get("index") != config.to_dict():
-            if not overwrite:
-                diff = [k for k in config.to_dict() if old.get("index", {}).get(k) != config.to_dict()[k]]
-                raise RunError(f"run {run!r} exists with different arguments ({', '.join(diff)}): choose another --run or pass --overwrite")
-            shutil.rmtree(rdir)
+        try:
+            old = json.loads(args_path.read_text()).get("index") or {}
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            old = {}
+        new = config.to_dict()
+        if old != new:
+            changed = _changed_arguments(old, new)
+            stages = _stages_fed_by(changed)
+            done = [s for s in stages if _stage_finished(rdir, s)]
+            if overwrite:
+                shutil.rmtree(rdir)
+            elif done or not old:
+                raise RunError(f"run {run!r} exists with different arguments ({', '.join(changed)}) and its finished stage(s) "
+                               f"{', '.join(done) or 'unknown'} depend on them: choose another --run or pass --overwrite")
+            else:
+                # A failed or interrupted run retried with corrected inputs: only stages that never finished
+                # depend on what changed, so their partial artifacts go and the finished ones are kept.
+                logger.info("run %s: arguments %s changed; restarting the unfinished stage(s) %s", run, ", ".join(changed),
+                            ", ".join(stages))
+                for st in stages:
+                    for name in _STAGE_ARTIFACTS[st]:
+                        target = rdir / name
+                        if target.is_dir():
+                            shutil.rmtree(target)
+                        elif target.exists():
+                            target.unlink()
     rdir.mkdir(parents=True, exist_ok=True)
     args_path.write_text(json.dumps({"run": run, "index": config.to_dict()}, indent=1))
     (rdir / "provenance.json").write_text(json.dumps(provenance(dev), indent=1))
@@ -197,14 +274,27 @@ def ensure_design(rdir: Path, config: IndexConfig, doc_ids: np.ndarray):
 
 def index(ws, run: str, config: IndexConfig, device: str = "auto", overwrite: bool = False, progress: bool = True,
           reporter: Reporter | None = None) -> Path:
-    """Cache activations, design subsets, train operators. Returns the run folder."""
-    from .activations import build_cache
-    from .estimator import StrideEstimator
+    """Cache activations, design subsets, train operators. Returns the run folder.
+
+    Holds the run's lock throughout (a concurrent index or attribute of the run waits). Without a
+    `reporter`, status.json ends `done`, or `failed` with the error (`cancelled` on Ctrl-C)."""
+    from .locks import run_lock
     from .models import resolve_device
 
     dev = resolve_device(device)
-    rdir, info = begin_run(ws, run, config, dev, overwrite)
-    rep = reporter or Reporter(rdir, run)
+    with run_lock(ws.run_dir(run)):
+        rdir, info = begin_run(ws, run, config, dev, overwrite)
+        if reporter is not None:
+            _index_stages(ws, rdir, run, config, dev, info, progress, reporter)
+        else:
+            with Reporter(rdir, run).finishing() as rep:
+                _index_stages(ws, rdir, run, config, dev, info, progress, rep)
+    return rdir
+
+
+def _index_stages(ws, rdir: Path, run: str, config: IndexConfig, dev: str, info: dict, progress: bool, rep: Reporter) -> None:
+    from .activations import build_cache
+    from .estimator import StrideEstimator
 
     # 1. activation cache ------------------------------------------------------------------
     rep.stage("load model", f"{config.model} on {dev}")
@@ -228,12 +318,9 @@ def index(ws, run: str, config: IndexConfig, device: str = "auto", overwrite: bo
                                      f"{config.operators.steps} steps")
         est = StrideEstimator(task.head, config.subsets, config.operators, device=dev, progress=progress)
         est.fit(cache, design=design, on_progress=lambda f, **m: rep.update(f, **m))
-        _atomic_save(est.save, op_path)
-        (rdir / "operators_trace.json").write_text(json.dumps(est.trace_))
+        _atomic_save(lambda p: p.write_text(json.dumps(est.trace_)), rdir / "operators_trace.json")
+        _atomic_save(est.save, op_path)  # last: its presence marks the index finished
     rep.stage("indexed", "index complete")
-    if reporter is None:
-        rep.finish("done")
-    return rdir
 
 
 def read_prompts(path) -> list[dict]:
@@ -281,7 +368,13 @@ def load_run(ws, run: str) -> tuple[Path, IndexConfig]:
     if not (rdir / "args.json").exists():
         known = sorted(d.name for d in ws.runs_dir.glob("*") if (d / "args.json").exists()) if ws.runs_dir.exists() else []
         raise RunError(f"unknown run {run!r} in {ws.root} (known: {known or 'none'}); create it with `stride index`")
-    config = IndexConfig.from_dict(json.loads((rdir / "args.json").read_text())["index"])
+    try:
+        config = IndexConfig.from_dict(json.loads((rdir / "args.json").read_text())["index"])
+    except StrideError as exc:  # e.g. `--steps 0` or `--lr inf`, accepted by versions before the argument checks
+        raise RunError(f"run {run!r} was indexed with arguments that are refused now ({exc}), so its index is not usable: "
+                       f"re-index it with corrected arguments and --overwrite") from exc
+    except (KeyError, TypeError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RunError(f"{rdir / 'args.json'} is damaged ({type(exc).__name__}: {exc}): re-index the run with --overwrite") from exc
     if not (rdir / "operators.safetensors").exists():
         raise RunError(f"run {run!r} is not fully indexed (no operators yet): re-run `stride index --run {run}` to resume")
     return rdir, config
@@ -365,12 +458,14 @@ class OpenRun:
     def doc_ids(self) -> np.ndarray:
         return np.asarray(self.cache.doc_ids)
 
-    def influence(self, items: list[tuple[list[int], int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """items: (token ids, first scored position). Returns W (Q, N), y (Q, K), base losses (Q,)."""
+    def influence(self, items: list[tuple[list[int], int]], names: list[str] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """items: (token ids, first scored position); names: their ids, for error messages. Returns W (Q, N),
+        y (Q, K), base losses (Q,). Raises RunError when a measurement is not finite or all are 0."""
         from .activations import features_in_memory
 
         qfeat = features_in_memory(self.task, items)
         y, base = self.estimator.measure(qfeat)
+        check_measurements(self.rdir.name, y, names)
         rec = self.estimator.recover(y)
         return rec.influence_, y, base
 
@@ -418,6 +513,35 @@ class OpenRun:
         return out
 
 
+def check_measurements(run: str, y: np.ndarray, names: list[str] | None = None) -> None:
+    """Measurements that cannot be recovered from: non-finite ones, or all 0 (inert operators: nothing to score)."""
+    names = names or [f"#{i}" for i in range(len(y))]
+    bad = [str(names[i]) for i in np.flatnonzero(~np.isfinite(y).all(axis=1))]
+    if bad:
+        raise RunError(f"run {run!r}: the measurements of {', '.join(bad[:10])} are not finite (nan or inf); the run's operators "
+                       "or model produce non-finite losses on them: re-index the run (--overwrite) with a lower --lr")
+    if y.size and not np.abs(y).max() > 0:
+        raise RunError(f"run {run!r} has no prompts to score: every measurement is 0, so the operators change no loss "
+                       "(untrained operators?); re-index with --steps >= 1 and --overwrite")
+
+
+def check_operators(run: str, estimator) -> None:
+    """A saved index must hold finite, trained operators: nan ones (diverged training) or all-zero ones
+    (`--steps 0` in runs indexed before steps >= 1 was enforced) would rank nothing, or garbage."""
+    import torch
+
+    for m in estimator._members():
+        bad = [n for n, p in m.ops.named_parameters() if not torch.isfinite(p).all()]
+        if m.reference is not None and not np.isfinite(m.reference).all():
+            bad.append("reference")
+        if bad:
+            raise RunError(f"run {run!r}: its operators hold nan or inf ({', '.join(bad)}): training diverged; re-index it "
+                           "with a lower --lr (or loss weights) and --overwrite")
+        if not m.ops.A.detach().abs().max() > 0:
+            raise RunError(f"run {run!r} has untrained operators (every steering matrix is 0, as `--steps 0` leaves them): "
+                           "re-index it with --steps >= 1 and --overwrite")
+
+
 def open_run(ws, run: str, args: AttributeArgs | None = None) -> OpenRun:
     """Load a finished index (raises RunError naming the missing stage otherwise)."""
     from .activations import FeatureCache
@@ -433,6 +557,7 @@ def open_run(ws, run: str, args: AttributeArgs | None = None) -> OpenRun:
     design = SubsetDesign.load(rdir / "subsets.safetensors", cache.doc_ids)
     est = StrideEstimator(task.head, config.subsets, config.operators, center=args.center, alpha=args.alpha,
                           alpha_ratio=args.alpha_ratio, lambda_rule=args.lambda_rule, positive=args.positive, device=dev).load(rdir / "operators.safetensors", design)
+    check_operators(run, est)
     return OpenRun(rdir, config, task, cache, design, est)
 
 
@@ -447,22 +572,37 @@ def top_nonzero(w: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 def attribute(ws, run: str, prompts: list[dict] | str | Path, args: AttributeArgs | None = None, out: str | Path | None = None,
               progress: bool = True, reporter: Reporter | None = None) -> pd.DataFrame:
     """Continuation + ranked helpful/harmful documents per prompt. Returns the rows (also written to
-    runs/<run>/attributions.parquet, OUT when given, and the workspace DuckDB)."""
+    runs/<run>/attributions.parquet, OUT when given, and the workspace DuckDB).
+
+    Holds the run's lock (concurrent calls on one run wait for each other). Without a `reporter`,
+    status.json ends `done`, or `failed` with the error; input errors found before the run is opened
+    (prompts, --out, an unknown or unusable run) leave it untouched."""
+    from .locks import run_lock
+
     args = args or AttributeArgs()
     if out is not None and Path(out).suffix.lower() not in (".parquet", ".jsonl", ".csv"):
         raise InputError(f"--out {out}: use a .parquet, .jsonl or .csv file name")
     prompts = read_prompts(prompts) if isinstance(prompts, (str, Path)) else list(prompts)
     if not prompts:
         raise InputError("no prompts given")
-    opened = open_run(ws, run, args)
-    rdir, config, task, cache = opened.rdir, opened.config, opened.task, opened.cache
-    rep = reporter or Reporter(rdir, run)
+    with run_lock(ws.run_dir(run)):
+        opened = open_run(ws, run, args)
+        sync_attributions(ws, run)  # a kill between the two writes of an earlier call left the DuckDB copy stale
+        if reporter is not None:
+            return _attribute(ws, run, opened, prompts, args, out, reporter)
+        with Reporter(opened.rdir, run).finishing() as rep:
+            return _attribute(ws, run, opened, prompts, args, out, rep)
+
+
+def _attribute(ws, run: str, opened: OpenRun, prompts: list[dict], args: AttributeArgs, out, rep: Reporter) -> pd.DataFrame:
+    from .activations import features_in_memory
+
+    config, task, cache = opened.config, opened.task, opened.cache
     rep.stage("attribute", f"{len(prompts)} prompts")
     gens = _generate(task, prompts, args)
     rep.update(0.2, "measuring")
-    from .activations import features_in_memory
-
     y, base = opened.estimator.measure(features_in_memory(task, query_items(gens)))  # (Q, K), (Q,)
+    check_measurements(run, y, [g["query_id"] for g in gens])
     generic = None
     if args.ranking == "specific":
         rep.update(0.4, "generic component (reference queries)")
@@ -471,12 +611,16 @@ def attribute(ws, run: str, prompts: list[dict] | str | Path, args: AttributeArg
     W = opened.estimator.recover(y if generic is None else y - generic.y_mean[None]).influence_  # (Q, N)
     k = min(args.top_k, W.shape[1])
     rows = ranked_rows(gens, W, base, cache.doc_ids, k)
+    ranked = {r["query_id"] for r in rows}
+    unranked = [g["query_id"] for g in gens if g["query_id"] not in ranked]
+    if unranked:
+        logger.warning("%d of %d prompts have no document with a non-zero recovered effect (the Lasso kept none): %s",
+                       len(unranked), len(gens), ", ".join(unranked[:20]) + (" ..." if len(unranked) > 20 else ""))
     df = write_attributions(ws, run, config, rows, y, out)
     if generic is not None:
         write_generic(ws, run, config, opened.estimator.recover(generic.y_mean[None]).influence_[0], cache.doc_ids, k)
+    df.attrs.update(n_prompts=len(gens), unranked=unranked)
     rep.stage("attributed", f"{len(prompts)} prompts attributed")
-    if reporter is None:
-        rep.finish("done")
     return df
 
 
@@ -521,8 +665,12 @@ def write_generic(ws, run: str, config: IndexConfig, w: np.ndarray, doc_ids, k: 
 
 def write_attributions(ws, run: str, config: IndexConfig, rows: list[dict], y: np.ndarray, out=None) -> pd.DataFrame:
     """Ranked rows -> the attributions table (document metadata and snippet joined), written to
-    runs/<run>/attributions.parquet, OUT when given and the workspace DuckDB; y (Q, K) is kept beside it."""
+    runs/<run>/attributions.parquet, OUT when given and the workspace DuckDB; y (Q, K) is kept beside it.
+
+    attributions.parquet is the one source of truth, replaced atomically under the run's lock; the
+    DuckDB rows are derived from it (sync_attributions), so the two can only differ until the next sync."""
     from .corpus import corpus_info, load_documents
+    from .locks import run_lock
 
     rdir = ws.run_dir(run)
     df = pd.DataFrame(rows, columns=ATTRIBUTION_COLUMNS[:-1] + ["query_loss", *PROMPT_USE_COLUMNS])
@@ -536,11 +684,12 @@ def write_attributions(ws, run: str, config: IndexConfig, rows: list[dict], y: n
         for c in meta_cols:
             df[c] = pd.Series(dtype=str)
     df = df[ATTRIBUTION_COLUMNS + ["query_loss", *PROMPT_USE_COLUMNS, *meta_cols]]
-    np.save(rdir / "last_measurements.npy", y)  # per-query measurements, for auditability
-    _atomic_save(lambda p: df.to_parquet(p, index=False), rdir / "attributions.parquet")
+    with run_lock(rdir):
+        _atomic_save(lambda p: _save_npy(p, y), rdir / "last_measurements.npy")  # per-query measurements, for auditability
+        _atomic_save(lambda p: df.to_parquet(p, index=False), rdir / "attributions.parquet")
+        sync_attributions(ws, run, log_repair=False)
     if out is not None:
         write_table(df, Path(out))
-    _store_attributions(ws, run, df)
     return df
 
 
@@ -557,46 +706,81 @@ def write_table(df: pd.DataFrame, path: Path):
         raise InputError(f"{path}: use a .parquet, .jsonl or .csv file name")
 
 
-def _store_attributions(ws, run: str, df: pd.DataFrame):
-    """Replace this run's rows in the DuckDB `attributions` table (one short write transaction)."""
-    fixed = ATTRIBUTION_COLUMNS + ["query_loss"]
-    meta = [c for c in df.columns if c not in fixed and c not in PROMPT_USE_COLUMNS]
-    rows = df[fixed].copy()
-    rows.insert(0, "run", run)
-    rows["metadata"] = df[meta].apply(lambda r: json.dumps({k: (None if pd.isna(v) else v) for k, v in r.items()}, default=str), axis=1) if meta and len(df) else "{}"
+def sync_attributions(ws, run: str, log_repair: bool = True) -> bool:
+    """Derive run `run`'s rows of the DuckDB `attributions` table from runs/<run>/attributions.parquet, the
+    source of truth (no file: no rows). The sha1 of the file they were derived from is recorded in
+    `attribution_sources` in the same transaction, so an up-to-date copy is left alone and a copy left
+    stale (a kill between the file and the database write) is rebuilt. Returns whether it wrote."""
+    import hashlib
+
+    path = ws.run_dir(run) / "attributions.parquet"
+    digest = hashlib.sha1(path.read_bytes()).hexdigest() if path.exists() else None
+    if not ws.db_path.exists():
+        if digest is None:
+            return False
+    else:  # the common case, an up-to-date copy, needs only a read-only look
+        with ws.connect(read_only=True) as con:
+            has = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'attribution_sources'").fetchone()[0]
+            recorded = con.execute("SELECT sha1 FROM attribution_sources WHERE run = ?", [run]).fetchone() if has else None
+        if recorded is not None and recorded[0] == digest:
+            return False
     with ws.connect() as con:
         con.execute("""CREATE TABLE IF NOT EXISTS attributions (run VARCHAR, query_id VARCHAR, prompt VARCHAR, continuation VARCHAR,
                        direction VARCHAR, rank INTEGER, doc_id BIGINT, score DOUBLE, snippet VARCHAR, query_loss DOUBLE, metadata VARCHAR)""")
+        con.execute("CREATE TABLE IF NOT EXISTS attribution_sources (run VARCHAR PRIMARY KEY, sha1 VARCHAR, n_rows BIGINT)")
+        recorded = con.execute("SELECT sha1 FROM attribution_sources WHERE run = ?", [run]).fetchone()
+        if recorded is not None and recorded[0] == digest:
+            return False
+        df = pd.read_parquet(path) if digest else pd.DataFrame(columns=ATTRIBUTION_COLUMNS + ["query_loss"])
+        fixed = ATTRIBUTION_COLUMNS + ["query_loss"]
+        meta = [c for c in df.columns if c not in fixed and c not in PROMPT_USE_COLUMNS]
+        rows = df[fixed].copy()
+        rows.insert(0, "run", run)
+        rows["metadata"] = df[meta].apply(lambda r: json.dumps({k: (None if pd.isna(v) else v) for k, v in r.items()}, default=str), axis=1) if meta and len(df) else "{}"
         con.execute("BEGIN TRANSACTION")
         try:
             con.execute("DELETE FROM attributions WHERE run = ?", [run])
-            con.register("new_rows", rows)
-            con.execute("INSERT INTO attributions SELECT run, query_id, prompt, continuation, direction, rank, doc_id, score, snippet, query_loss, metadata FROM new_rows")
-            con.unregister("new_rows")
+            if len(rows):
+                con.register("new_rows", rows)
+                con.execute("INSERT INTO attributions SELECT run, query_id, prompt, continuation, direction, rank, doc_id, score, snippet, query_loss, metadata FROM new_rows")
+                con.unregister("new_rows")
+            con.execute("DELETE FROM attribution_sources WHERE run = ?", [run])
+            con.execute("INSERT INTO attribution_sources VALUES (?, ?, ?)", [run, digest, len(rows)])
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")
             raise
+    if recorded is not None and log_repair:
+        logger.warning("run %s: the DuckDB attribution rows were out of date with attributions.parquet; rebuilt them", run)
+    return True
 
 
 def run_all(ws, run: str, config: IndexConfig, prompts, attr_args: AttributeArgs | None = None, device: str = "auto",
             overwrite: bool = False, progress: bool = True, out=None) -> pd.DataFrame:
-    """index + attribute in one job, with one status file (what the dashboard starts)."""
+    """index + attribute in one job, with one status file (what the dashboard starts), under the run's lock."""
+    from .locks import run_lock
+
+    from .models import resolve_device
+
     rdir = ws.run_dir(run)
-    rdir.mkdir(parents=True, exist_ok=True)
-    rep = Reporter(rdir, run)
-    try:
-        index(ws, run, config, device=device, overwrite=overwrite, progress=progress, reporter=rep)
-        attr_args = attr_args or AttributeArgs(device=device)
-        df = attribute(ws, run, prompts, attr_args, out=out, progress=progress, reporter=rep)
-    except KeyboardInterrupt:
-        rep.finish("cancelled", "interrupted")
-        raise
-    except BaseException as exc:
-        rep.finish("failed", str(exc))
-        raise
-    rep.finish("done")
-    return df
+    with run_lock(rdir):
+        # Inputs refused here (prompts, different arguments, a K larger than the corpus) leave the status of
+        # an existing run as it was: a refused command must not show a finished run as failed. A job the
+        # dashboard queued for a new run gets the error in its status.
+        try:
+            if out is not None and Path(out).suffix.lower() not in (".parquet", ".jsonl", ".csv"):
+                raise InputError(f"--out {out}: use a .parquet, .jsonl or .csv file name")
+            prompts = read_prompts(prompts) if isinstance(prompts, (str, Path)) else list(prompts)
+            begin_run(ws, run, config, resolve_device(device), overwrite)
+        except StrideError as exc:
+            prev = read_status(rdir)
+            if prev is not None and prev.state == "queued":
+                Reporter(rdir, run).finish("failed", str(exc))
+            raise
+        with Reporter(rdir, run).finishing() as rep:
+            index(ws, run, config, device=device, overwrite=overwrite, progress=progress, reporter=rep)
+            attr_args = attr_args or AttributeArgs(device=device)
+            return attribute(ws, run, prompts, attr_args, out=out, progress=progress, reporter=rep)
 
 
 def run_state(ws, run: str) -> str | None:

@@ -46,8 +46,10 @@ class SelectionArgs:
             raise StrideError("budget must be a positive integer")
         if self.score not in ("lasso", "matched"):
             raise StrideError("score must be 'lasso' or 'matched'")
-        if not 0 < self.dedup_threshold <= 1:
+        if not 0 < self.dedup_threshold <= 1:  # also refuses nan
             raise StrideError("dedup_threshold must be in (0, 1]")
+        if not isinstance(self.max_targets, int) or self.max_targets < 1:
+            raise StrideError("max_targets must be a positive integer")
         if self.lambda_rule not in ("1se", "min"):
             raise StrideError("lambda_rule must be '1se' or 'min'")
 

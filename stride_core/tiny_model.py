@@ -48,6 +48,13 @@ class TinyModelArgs:
             raise StrideError("min_steps must be >= 0")
         if self.epochs <= 0 or self.batch_size < 1 or self.block_size < 8:
             raise StrideError("epochs must be > 0, batch_size >= 1 and block_size >= 8")
+        from .arguments import check_float, check_int
+
+        check_int(self.vocab_size, "vocab_size", 2)
+        check_int(self.n_layer, "n_layer", 1)
+        check_float(self.epochs, "epochs", 0.0, lo_open=True)
+        check_float(self.lr, "lr", 0.0, lo_open=True)
+        check_float(self.weight_decay, "weight_decay")
 
     @classmethod
     def preset(cls, name: str) -> "TinyModelArgs":

@@ -8,9 +8,12 @@ dashboard out for longer than one short write.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import re
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +23,9 @@ from .errors import StrideError
 logger = logging.getLogger(__name__)
 
 DB_FILENAME = "stride.duckdb"
+STAGING_PREFIX = ".import-"  # corpus imports stage their Parquet file in <workspace>/.import-XXXX/
+_STAGING_HELD = ".held"  # flock-held by the import using the folder
+_STAGING_GRACE_S = 60.0  # a folder without the lock file (older versions, or just created) counts as stale after this
 _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$")
 
 
@@ -68,6 +74,43 @@ class Workspace:
         return self
 
     @contextlib.contextmanager
+    def staging_dir(self):
+        """A temporary folder in the workspace for one import, removed afterwards. Its lock file is
+        flock-held while in use, so `stale_staging` can tell a folder left by a killed import (SIGKILL
+        skips the cleanup) from one another process is filling right now."""
+        self.ensure()
+        tmp = Path(tempfile.mkdtemp(dir=self.root, prefix=STAGING_PREFIX))
+        fd = os.open(tmp / _STAGING_HELD, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield tmp
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+            os.close(fd)
+
+    def stale_staging(self) -> list[tuple[Path, int]]:
+        """Staging folders of imports that were killed: (folder, bytes) each."""
+        out = []
+        if not self.root.is_dir():
+            return out
+        for d in sorted(self.root.glob(STAGING_PREFIX + "*")):
+            if not d.is_dir() or _staging_in_use(d):
+                continue
+            size = sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
+            out.append((d, size))
+        return out
+
+    def clean_staging(self) -> int:
+        """Remove the staging folders of killed imports; returns how many."""
+        stale = self.stale_staging()
+        for d, _ in stale:
+            shutil.rmtree(d, ignore_errors=True)
+        if stale:
+            logger.warning("removed %d staged import folder(s) (%.1f MB) left by an interrupted `stride corpus import`",
+                           len(stale), sum(n for _, n in stale) / 1e6)
+        return len(stale)
+
+    @contextlib.contextmanager
     def connect(self, read_only: bool = False, timeout_s: float = 60.0):
         """Short-lived DuckDB connection, retried while another process holds the file lock."""
         import duckdb
@@ -96,6 +139,24 @@ class Workspace:
             yield con
         finally:
             con.close()
+
+
+def _staging_in_use(d: Path) -> bool:
+    held = d / _STAGING_HELD
+    try:
+        fd = os.open(held, os.O_RDWR)
+    except FileNotFoundError:
+        try:
+            return time.time() - d.stat().st_mtime < _STAGING_GRACE_S
+        except FileNotFoundError:
+            return True  # removed meanwhile by its owner
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # also drops the probe's lock
+    return False
 
 
 def replace_run_rows(ws: Workspace, table: str, run: str, df, fixed: list[str]) -> None:

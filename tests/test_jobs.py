@@ -82,7 +82,8 @@ def test_job_runs_to_done(ws, monkeypatch):
 
 def test_cancel_kills_the_process_group(ws, monkeypatch):
     job = _start(ws, monkeypatch, "sleep")
-    wait_for(lambda: (read_status(ws.run_dir("job1")) or RunStatus(run="x")).stage == "attribute")
+    # the fake engine writes the stage, then its metrics: wait for both (reading in between was flaky under load)
+    wait_for(lambda: (lambda s: s.stage == "attribute" and s.metrics)(read_status(ws.run_dir("job1")) or RunStatus(run="x")))
     engine_pid = read_status(ws.run_dir("job1")).pid
     assert engine_pid != job["pid"] and jobs.job_alive(engine_pid)
     live = jobs.run_info(ws, "job1")

@@ -14,18 +14,8 @@ from stride_core.pipeline import attribute, index, make_config, read_prompts
 
 
 @pytest.fixture(scope="module")
-def small(pydocs_ws, tmp_path_factory):
-    from stride_core.corpus import import_corpus, load_documents
-
-    ws, model_dir = pydocs_ws
-    src = tmp_path_factory.mktemp("small") / "small.jsonl"
-    docs = load_documents(ws, "pydocs", columns=["text", "source"], limit=160)
-    docs.to_json(src, orient="records", lines=True)
-    if "small" not in [r["name"] for r in __import__("stride_core.corpus").corpus.list_corpora(ws)]:
-        import_corpus(ws, src, "small")
-    cfg = make_config("small", str(model_dir), "ci", **{"subsets.K": 40, "operators.steps": 20})
-    index(ws, "r1", cfg, device="cpu", progress=False)
-    return ws, model_dir, cfg
+def small(small_run):
+    return small_run
 
 
 def test_attribute_outputs_ranked_documents(small, tmp_path):
