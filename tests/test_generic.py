@@ -95,11 +95,15 @@ def test_given_completion_is_attributed_by_teacher_forcing(run, tmp_path):
     assert set(df["continuation"]) == {" encodes objects as strings."}
     gen = attribute(ws, "g1", [{"query_id": "c", "prompt": "The json module"}], AttributeArgs(**ARGS), progress=False)
     assert gen["continuation"].iloc[0] != " encodes objects as strings."
-    # a generated continuation given back as the completion is scored exactly as when it was generated
-    again = attribute(ws, "g1", [{"query_id": "c", "prompt": "The json module", "completion": gen["continuation"].iloc[0]}],
-                      AttributeArgs(**ARGS), progress=False)
-    assert again["doc_id"].tolist() == gen["doc_id"].tolist()
-    assert np.allclose(again["score"], gen["score"], atol=1e-6)
+    # teacher forcing scores exactly the completion's tokens, after the prompt's
+    from stride_core.pipeline import _generate, open_run, query_items
+
+    task = open_run(ws, "g1", AttributeArgs(device="cpu")).task
+    g = _generate(task, [{"query_id": "c", "prompt": "The json module", "completion": " encodes objects as strings."}], AttributeArgs(**ARGS))[0]
+    tok = task.tokenizer
+    assert g["prompt_ids"] == tok("The json module", add_special_tokens=False)["input_ids"]
+    assert g["continuation_ids"] == tok(" encodes objects as strings.", add_special_tokens=False)["input_ids"]
+    assert query_items([g]) == [(g["prompt_ids"] + g["continuation_ids"], len(g["prompt_ids"]))]
     p.write_text(json.dumps({"prompt": "x", "completion": ""}) + "\n")
     with pytest.raises(InputError, match="completion"):
         read_prompts(p)
