@@ -288,3 +288,28 @@ def test_setup_page_when_the_database_is_unreadable(tmp_path, monkeypatch):
     at = open_page("views/setup.py")
     assert at.error  # a message, not a traceback
     assert by_label(at.button, "Start run").disabled
+
+
+def test_influence_page_generic_view_and_truncated_prompt(populated):
+    """The "Helps every prompt" tab reads generic.parquet; a truncated prompt shows the unused part struck out."""
+    import pandas as pd
+
+    from dashboard_fixtures import attributions_frame
+
+    ws, _ = populated
+    make_run(ws, "r-generic", "done", attributions=True)
+    d = ws.run_dir("r-generic")
+    df = attributions_frame()
+    df["prompt_used"] = df["prompt"].str[-12:]
+    df["truncated"] = df["query_id"] == "q00"
+    df.to_parquet(d / "attributions.parquet", index=False)
+    pd.DataFrame({"direction": ["helpful", "harmful"], "rank": [1, 1], "doc_id": [7, 8], "score": [0.5, -0.2],
+                  "snippet": ["generic helper", "generic harm"]}).to_parquet(d / "generic.parquet", index=False)
+    at = open_page("views/influence.py")
+    by_label(at.selectbox, "Run").set_value("r-generic").run()
+    assert not at.exception
+    gen = [x.value for x in at.dataframe if "snippet" in x.value.columns and "generic helper" in set(x.value["snippet"])]
+    assert gen and list(gen[0]["doc_id"]) == [7, 8]
+    assert "line-through" in texts(at.markdown) and "max_tokens" in texts(at.warning)
+    by_label(at.selectbox, "Prompt").set_value("q01").run()  # not truncated: no warning
+    assert "max_tokens" not in texts(at.warning)
