@@ -73,7 +73,8 @@ def _tfidf_rankings(docs, gens: list[dict], k: int) -> dict[str, list[int]]:
 
 
 def run_tracing_bench(ws, run: str, out: str | Path, n_prompts: int = 30, k: int = 10, seed: int = 0,
-                      min_chars: int = 60, max_chars: int = 120, device: str = "auto", progress: bool = True) -> dict:
+                      min_chars: int = 60, max_chars: int = 120, device: str = "auto", progress: bool = True,
+                      repetition_penalty: float = 1.3, no_repeat_ngram_size: int = 3) -> dict:
     from ..arguments import AttributeArgs
     from ..corpus import load_documents
     from ..errors import StrideError
@@ -93,7 +94,8 @@ def run_tracing_bench(ws, run: str, out: str | Path, n_prompts: int = 30, k: int
     for name, ranking in (("stride", "specific"), ("stride-raw", "raw")):
         t0 = time.perf_counter()
         df = attribute(ws, run, [{"query_id": p["query_id"], "prompt": p["prompt"]} for p in prompts],
-                       AttributeArgs(top_k=max(k, 50), device=device, ranking=ranking), progress=progress)
+                       AttributeArgs(top_k=max(k, 50), device=device, ranking=ranking, repetition_penalty=repetition_penalty,
+                                     no_repeat_ngram_size=no_repeat_ngram_size), progress=progress)
         secs = time.perf_counter() - t0
         helpful = df[df["direction"] == "helpful"].sort_values(["query_id", "rank"])
         ranked_by[name] = {q: g["doc_id"].astype(int).tolist() for q, g in helpful.groupby("query_id")}
@@ -106,6 +108,7 @@ def run_tracing_bench(ws, run: str, out: str | Path, n_prompts: int = 30, k: int
     ranked_by["tfidf"] = _tfidf_rankings(docs, gens, max(k, 50))
     results["tfidf"] = tracing_metrics(ranked_by["tfidf"], sources, k, len(docs))
     summary = {"run": run, "corpus": config.corpus, "n_docs": len(docs), "k": k, "seed": seed, "methods": results,
+               "generation": {"repetition_penalty": repetition_penalty, "no_repeat_ngram_size": no_repeat_ngram_size},
                "examples": [{"prompt": g["prompt"], "continuation": g["continuation"],
                              "stride_top3": ranked_by["stride"].get(g["query_id"], [])[:3], "source": sources[g["query_id"]]}
                             for g in gens[:5]],
@@ -128,6 +131,8 @@ def register(bench_sub, common):
     x.add_argument("--seed", type=int, default=0)
     x.add_argument("--min-chars", dest="min_chars", type=int, default=60)
     x.add_argument("--max-chars", dest="max_chars", type=int, default=120)
+    x.add_argument("--repetition-penalty", dest="repetition_penalty", type=float, default=1.3)
+    x.add_argument("--no-repeat-ngram", dest="no_repeat_ngram_size", type=int, default=3)
     x.add_argument("--device", default="auto")
     x.set_defaults(func=_cmd)
 
@@ -135,5 +140,6 @@ def register(bench_sub, common):
 def _cmd(a):
     from ..cli import _ws
 
-    run_tracing_bench(_ws(a), a.run, a.out, a.prompts, a.k, a.seed, a.min_chars, a.max_chars, a.device, not a.no_progress)
+    run_tracing_bench(_ws(a), a.run, a.out, a.prompts, a.k, a.seed, a.min_chars, a.max_chars, a.device, not a.no_progress,
+                      a.repetition_penalty, a.no_repeat_ngram_size)
 
