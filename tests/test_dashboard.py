@@ -288,3 +288,67 @@ def test_setup_page_when_the_database_is_unreadable(tmp_path, monkeypatch):
     at = open_page("views/setup.py")
     assert at.error  # a message, not a traceback
     assert by_label(at.button, "Start run").disabled
+
+
+PASTE = ("First copied document, line one\nline two of the same document\n\n"
+         "Second document\nwith two lines\n\nA single sentence.")
+
+
+def test_audit_paste_counts_blank_line_items_and_jsonl(populated, monkeypatch):
+    started = {}
+    monkeypatch.setattr(jobs, "start_audit_job", lambda ws, run, kind, text, **kw: started.update(run=run, kind=kind, text=text, **kw))
+    at = open_page("views/contamination.py")
+    at.text_area(key="contamination_paste").set_value(PASTE).run()
+    assert "**3 item(s)** parsed, separated by a blank line (auto-detected)" in texts(at.caption)
+    at.radio(key="contamination_paste_mode").set_value("lines").run()
+    assert "**5 item(s)** parsed, one per line." in texts(at.caption)
+    at.radio(key="contamination_paste_mode").set_value("auto").run()
+    at.button(key="contamination_start").click().run()
+    assert not at.exception and started["kind"] == "contamination" and started["filename"] == "items.jsonl"
+    rows = [json.loads(line) for line in started["text"].splitlines()]
+    assert [r["text"] for r in rows] == ["First copied document, line one\nline two of the same document",
+                                         "Second document\nwith two lines", "A single sentence."]
+
+    at = open_page("views/selection.py")
+    at.text_area(key="select_paste").set_value('{"item_id": "t1", "text": "a target"}\n{"item_id": "t2", "text": "b"}').run()
+    assert "**2 item(s)** parsed, JSONL (one JSON object per line) (auto-detected)" in texts(at.caption)
+    at.text_area(key="select_paste").set_value('{"item_id": "t1", "text": "a"}\n{"item_id": "t1", "text": "b"}').run()
+    assert "duplicate item_id" in texts(at.error)
+
+
+def test_parse_pasted_modes():
+    from stride_core.errors import InputError
+    from stride_core.items import detect_paste_mode, parse_pasted
+
+    assert detect_paste_mode('{"text": "a"}\n\n{"text": "b"}') == "jsonl"
+    assert detect_paste_mode('{"text": "a"}\nplain') == "blank"
+    mode, items, _ = parse_pasted("a\n  \n\n\nb\nc\n", "auto")
+    assert mode == "blank" and [i.text for i in items] == ["a", "b\nc"]
+    assert len(parse_pasted("a\nb", "lines")[1]) == 2
+    with pytest.raises(InputError, match="corrupt JSON"):
+        parse_pasted("{not json", "jsonl")
+    with pytest.raises(InputError, match="unknown paste mode"):
+        parse_pasted("a", "csv")
+
+
+def test_evidence_label_names_the_pair_shown(populated):
+    import pandas as pd
+
+    ws, _ = populated
+    at = open_page("views/contamination.py")
+    box = at.selectbox(key="contam_pair_r-done")
+    box.set_value("item_id q01 · doc_id 4").run()
+    assert "logging" in texts(at.markdown)
+    # Re-running the audit writes another report: the label kept must still name the pair whose text is shown.
+    p = ws.run_dir("r-done") / "contamination.parquet"
+    pd.DataFrame([dict(item_id="q09", doc_id=7, overlap_score=0.9, influence_score=0.9, combined_score=2.0,
+                       evidence="NEW EVIDENCE q09", leaked=True),
+                  dict(item_id="q01", doc_id=4, overlap_score=0.1, influence_score=0.05, combined_score=0.1,
+                       evidence="OLD PAIR q01 doc 4", leaked=False)]).to_parquet(p, index=False)
+    at.run()
+    box = at.selectbox(key="contam_pair_r-done")
+    assert box.value == "item_id q01 · doc_id 4" and "OLD PAIR q01 doc 4" in texts(at.markdown)
+    assert "NEW EVIDENCE" not in texts(at.markdown)
+    at.toggle(key="contam_only_leaked").set_value(True).run()  # q01 is not flagged: the selection moves, with its text
+    box = at.selectbox(key="contam_pair_r-done")
+    assert box.value == "item_id q09 · doc_id 7" and "NEW EVIDENCE q09" in texts(at.markdown)
