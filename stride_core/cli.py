@@ -159,9 +159,23 @@ def _prompts_from_args(args):
     return args.prompts
 
 
+def _note_run(args, prompts=None):
+    """Record the preset and the prompt count in the run's status (stride_core.progress.set_process_info):
+    a run started from a terminal has no job.json, and the Runs page shows them from there."""
+    from .progress import set_process_info
+
+    n = None
+    if prompts is not None:
+        from .pipeline import read_prompts
+
+        n = len(prompts) if isinstance(prompts, list) else len(read_prompts(prompts))
+    set_process_info(preset=getattr(args, "preset", None), n_prompts=n)
+
+
 def cmd_index(args):
     from .pipeline import index
 
+    _note_run(args)
     rdir = index(_ws(args), args.run, _config_from_args(args), device=args.device, overwrite=args.overwrite, progress=not args.no_progress)
     print(f"indexed run {args.run!r} in {rdir}")
 
@@ -178,7 +192,9 @@ def _print_top(df, n=5):
 def cmd_attribute(args):
     from .pipeline import attribute
 
-    df = attribute(_ws(args), args.run, _prompts_from_args(args), _attr_args(args), out=args.out, progress=not args.no_progress)
+    prompts = _prompts_from_args(args)
+    _note_run(args, prompts)
+    df = attribute(_ws(args), args.run, prompts, _attr_args(args), out=args.out, progress=not args.no_progress)
     _print_top(df)
     print(f"\n{df['query_id'].nunique()} prompts, {len(df)} ranked rows" + (f" written to {args.out}" if args.out else ""))
 
@@ -186,7 +202,9 @@ def cmd_attribute(args):
 def cmd_run(args):
     from .pipeline import run_all
 
-    df = run_all(_ws(args), args.run, _config_from_args(args), _prompts_from_args(args), _attr_args(args), device=args.device,
+    prompts = _prompts_from_args(args)
+    _note_run(args, prompts)
+    df = run_all(_ws(args), args.run, _config_from_args(args), prompts, _attr_args(args), device=args.device,
                  overwrite=args.overwrite, progress=not args.no_progress, out=args.out)
     _print_top(df, 3)
 
@@ -351,6 +369,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from .progress import clear_process_info
+
     try:
         args.func(args)
     except StrideError as exc:
@@ -364,6 +384,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: unexpected {type(exc).__name__}: {exc} (re-run with -v for a traceback)", file=sys.stderr)
         return 1
+    finally:
+        clear_process_info()  # main() called in-process (tests, scripts) must not tag later runs
     return 0
 
 

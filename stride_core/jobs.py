@@ -38,7 +38,7 @@ from pathlib import Path
 
 from .demo import sample_prompts_path  # noqa: F401  re-exported: the dashboard and the demo job read the samples through jobs
 from .errors import InputError, RunError
-from .progress import RunStatus, read_status, write_status
+from .progress import RunStatus, read_status, total_seconds, write_status
 from .workspace import Workspace, validate_name
 
 logger = logging.getLogger(__name__)
@@ -535,11 +535,32 @@ def _run_info(run_dir: Path) -> dict:
     merged = {**job, **args, **(args.get("index") if isinstance(args.get("index"), dict) else {})}
     info["corpus"] = merged.get("corpus")
     info["model"] = merged.get("model") or merged.get("model_dir")
-    info["preset"] = merged.get("preset")
+    noted = st.info or {}  # what a CLI command recorded (no job.json for runs started from a terminal)
+    info["preset"] = merged.get("preset") or noted.get("preset")
     info["device"] = prov.get("device") or merged.get("device")
-    info["n_prompts"] = job.get("n_prompts") or merged.get("n_prompts")
+    info["n_prompts"] = job.get("n_prompts") or merged.get("n_prompts") or noted.get("n_prompts")
+    # Total working time over every command that worked on the run (index + attribute), and per phase.
+    info["total_s"] = total_seconds(st, now, active=state in ACTIVE_STATES)
+    info["phases"] = phase_durations(st.durations, st.stage if state in ACTIVE_STATES else None, info["stage_elapsed_s"])
     info["shards"] = merged.get("shards")
     return info
+
+
+# Stages grouped into the phases the Runs page reports; every other stage belongs to the index.
+PHASES = {"queued": None, "prepare": "prepare", "attribute": "attribute", "attributed": "attribute"}
+
+
+def phase_durations(durations: dict, current: str | None = None, current_s: float = 0.0) -> dict:
+    """{"prepare"?, "index"?, "attribute"?: seconds} from a status's per-stage durations (+ the running stage)."""
+    d = dict(durations or {})
+    if current and current not in d:
+        d[current] = current_s
+    out: dict = {}
+    for stage, secs in d.items():
+        phase = PHASES.get(stage, "index")
+        if phase:
+            out[phase] = out.get(phase, 0.0) + float(secs)
+    return out
 
 
 def stage_eta(progress: float, stage_elapsed_s: float) -> float | None:

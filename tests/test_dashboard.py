@@ -352,3 +352,22 @@ def test_evidence_label_names_the_pair_shown(populated):
     at.toggle(key="contam_only_leaked").set_value(True).run()  # q01 is not flagged: the selection moves, with its text
     box = at.selectbox(key="contam_pair_r-done")
     assert box.value == "item_id q09 · doc_id 7" and "NEW EVIDENCE q09" in texts(at.markdown)
+
+
+def test_runs_page_shows_cli_runs_preset_prompts_and_total_duration(populated):
+    from stride_core.progress import read_status, write_status
+
+    ws, _ = populated
+    d = make_run(ws, "r-cli", "done", attributions=True)  # args.json + status.json only, as the CLI leaves them
+    st = read_status(d)
+    st.durations = {"load model": 10.0, "cache activations": 260.0, "train operators": 300.0, "indexed": 0.0,
+                    "attribute": 100.0, "attributed": 0.0}
+    st.info = {"preset": "ci", "n_prompts": 3}
+    write_status(d, st)
+    at = open_page("views/runs.py")
+    hist = at.dataframe[0].value.set_index("run")
+    assert hist.loc["r-cli", "preset"] == "ci" and int(hist.loc["r-cli", "prompts"]) == 3
+    assert hist.loc["r-cli", "duration"] == "11m 10s"
+    assert list(hist.columns)[:2] == ["state", "results"]  # results next to the state: never cut off at the right
+    at.selectbox(key="runs_pick").set_value("r-cli").run()
+    assert "finished in 11m 10s (index 9m 30s, attribute 1m 40s)" in texts(at.success)

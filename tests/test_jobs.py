@@ -166,3 +166,46 @@ def test_sample_prompts_missing_outside_a_checkout_is_a_clear_error(tmp_path, mo
     monkeypatch.setattr(demo, "__file__", str(tmp_path / "site-packages" / "stride_core" / "demo.py"))
     with pytest.raises(StrideError, match="pip install -e"):
         jobs.sample_prompts_path()
+
+
+def test_cli_runs_total_duration_preset_and_prompts_across_commands(ws, monkeypatch):
+    """`stride index` then `stride attribute` (two processes, two Reporters): the run's duration is the sum of
+    both, and the preset / prompt count the CLI noted are shown although there is no job.json."""
+    from stride_core import progress
+
+    run_dir = ws.run_dir("cli-run")
+    clock = [1000.0]
+    monkeypatch.setattr(progress.time, "time", lambda: clock[0])
+    monkeypatch.setattr(progress, "_PROCESS_INFO", {})
+    progress.set_process_info(preset="ci")
+    rep = progress.Reporter(run_dir, "cli-run", min_interval=0)  # `stride index`
+    rep.stage("cache activations")
+    clock[0] += 300
+    rep.stage("train operators")
+    clock[0] += 270
+    rep.stage("indexed")
+    rep.finish("done")
+    clock[0] += 3600  # an hour later: `stride attribute` (no --preset option)
+    monkeypatch.setattr(progress, "_PROCESS_INFO", {})
+    progress.set_process_info(preset=None, n_prompts=10)
+    rep = progress.Reporter(run_dir, "cli-run", min_interval=0)
+    rep.stage("attribute")
+    clock[0] += 100
+    rep.stage("attributed")
+    rep.finish("done")
+    st = read_status(run_dir)
+    assert st.info == {"preset": "ci", "n_prompts": 10}
+    assert progress.total_seconds(st) == pytest.approx(670.0)
+    info = jobs.run_info(ws, "cli-run")
+    assert info["preset"] == "ci" and info["n_prompts"] == 10
+    assert info["total_s"] == pytest.approx(670.0) and info["elapsed_s"] == pytest.approx(100.0)
+    assert info["phases"] == pytest.approx({"index": 570.0, "attribute": 100.0})
+
+
+def test_old_status_files_without_durations_still_read(ws):
+    d = ws.run_dir("old")
+    d.mkdir(parents=True)
+    (d / "status.json").write_text(json.dumps({"run": "old", "state": "done", "started_at": 100.0, "updated_at": 160.0,
+                                               "stage_started_at": 150.0}))
+    info = jobs.run_info(ws, "old")
+    assert info["total_s"] == pytest.approx(60.0) and info["preset"] is None
