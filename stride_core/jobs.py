@@ -543,6 +543,7 @@ def _run_info(run_dir: Path) -> dict:
     info["total_s"] = total_seconds(st, now, active=state in ACTIVE_STATES)
     info["phases"] = phase_durations(st.durations, st.stage if state in ACTIVE_STATES else None, info["stage_elapsed_s"])
     info["shards"] = merged.get("shards")
+    info["pairing_warnings"] = list(prov.get("pairing_warnings") or [])  # written by `index` (pipeline.begin_run)
     return info
 
 

@@ -161,7 +161,7 @@ def begin_run(ws, run: str, config: IndexConfig, dev: str, overwrite: bool = Fal
     existing one with the same arguments (raises RunError on different ones unless overwrite).
     Returns (run folder, corpus info)."""
     from .corpus import corpus_info
-    from .models import check_model_dir
+    from .models import check_model_dir, pairing_warnings, training_record
 
     ws.ensure()
     rdir = ws.run_dir(run)
@@ -179,7 +179,12 @@ def begin_run(ws, run: str, config: IndexConfig, dev: str, overwrite: bool = Fal
             shutil.rmtree(rdir)
     rdir.mkdir(parents=True, exist_ok=True)
     args_path.write_text(json.dumps({"run": run, "index": config.to_dict()}, indent=1))
-    (rdir / "provenance.json").write_text(json.dumps(provenance(dev), indent=1))
+    # A model trained on another corpus, or on part of this one, cannot have learned from the other documents:
+    # said in the log and kept in provenance.json (the Runs page shows it), never an error (any pairing is legal).
+    pairing = pairing_warnings(training_record(config.model), config.corpus, info["n_docs"])
+    for w in pairing:
+        logger.warning("model/corpus pairing: %s", w)
+    (rdir / "provenance.json").write_text(json.dumps({**provenance(dev), "pairing_warnings": pairing}, indent=1))
     return rdir, info
 
 

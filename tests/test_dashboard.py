@@ -75,7 +75,9 @@ def test_every_page_on_an_empty_workspace(tmp_path, monkeypatch, exists):
 def test_setup_page_validates_inputs(populated, tmp_path):
     ws, _ = populated
     at = open_page("views/setup.py")
-    assert by_label(at.selectbox, "Corpus").value == "tiny"
+    assert by_label(at.selectbox, "Corpus").value == "pydocs"  # the built-in model's corpus (built by the job)
+    by_label(at.selectbox, "Corpus").set_value("tiny").run()
+    assert "trained on corpus 'pydocs', not on 'tiny'" in texts(at.warning)
     shards = by_label(at.multiselect, "Shards to index")
     assert shards.value == [0, 1, 2] and "10 docs" in shards.format_func(0)
     assert [m.value for m in at.metric][:3:2] == ["30", "3"]
@@ -120,6 +122,8 @@ def test_start_button_launches_a_job_and_opens_runs(populated, tmp_path, monkeyp
     at.radio(key="model_kind").set_value("local").run()
     at.text_input(key="model_path").input(str(model)).run()
     assert "looks valid" in texts(at.success)
+    by_label(at.selectbox, "Corpus").set_value("tiny").run()  # the folder records no training corpus: chosen by hand
+    assert "do not match" not in texts(at.warning)
     by_label(at.multiselect, "Shards to index").set_value([0, 2]).run()
     at.text_input(key="run_name").input("from-ui").run()
     at.radio(key="preset_choice").set_value("custom").run()
@@ -371,3 +375,41 @@ def test_runs_page_shows_cli_runs_preset_prompts_and_total_duration(populated):
     assert list(hist.columns)[:2] == ["state", "results"]  # results next to the state: never cut off at the right
     at.selectbox(key="runs_pick").set_value("r-cli").run()
     assert "finished in 11m 10s (index 9m 30s, attribute 1m 40s)" in texts(at.success)
+
+
+def _trained_model(path, corpus, used, total):
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 2}))
+    (path / "model.safetensors").write_bytes(b"")  # only validated, never loaded
+    (path / "stride_training.json").write_text(json.dumps({"corpus": corpus, "n_used_docs": used, "n_corpus_docs": total}))
+    return path
+
+
+def test_setup_defaults_the_corpus_to_the_models_and_warns_on_a_partial_model(populated, tmp_path):
+    from stride_core.corpus import ImportOptions, import_corpus
+
+    ws, _ = populated
+    src = tmp_path / "other.jsonl"
+    src.write_text("".join(json.dumps({"text": f"other document number {i} with some words"}) + "\n" for i in range(12)))
+    import_corpus(ws, src, "another", ImportOptions())
+    model = _trained_model(tmp_path / "m-tiny", "tiny", 20, 30)
+    at = open_page("views/setup.py")
+    at.radio(key="model_kind").set_value("local").run()
+    at.text_input(key="model_path").input(str(model)).run()
+    assert "trained on corpus `tiny` (20 documents)" in texts(at.success)
+    assert by_label(at.selectbox, "Corpus").value == "tiny"  # not the alphabetically first corpus ("another")
+    assert "trained on only the first 20 of the 30 documents of corpus 'tiny'" in texts(at.warning)
+    by_label(at.selectbox, "Corpus").set_value("another").run()
+    assert "trained on corpus 'tiny', not on 'another'" in texts(at.warning)
+    assert not by_label(at.button, "Start run").disabled  # a warning, not a refusal
+
+
+def test_runs_page_shows_the_pairing_warning_of_a_run(populated):
+    ws, _ = populated
+    d = ws.run_dir("r-done")
+    prov = json.loads((d / "provenance.json").read_text())
+    prov["pairing_warnings"] = ["the model was trained on corpus 'pydocs', not on 'tiny' that is being indexed"]
+    (d / "provenance.json").write_text(json.dumps(prov))
+    at = open_page("views/runs.py")
+    at.selectbox(key="runs_pick").set_value("r-done").run()
+    assert "not on 'tiny' that is being indexed" in texts(at.warning)

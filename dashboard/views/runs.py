@@ -122,6 +122,9 @@ with common.guard("the Runs page"):
     else:
         st.info(f"Run **{r['run']}** has no status file; it may have been started by another tool.")
 
+    for w in r.get("pairing_warnings") or []:
+        st.warning(f"Model and corpus do not match: {w}.", icon=":material/link_off:")
+
     c1, c2 = st.columns(2)
     with c1.expander("Arguments", expanded=False):
         st.json(r.get("args") or {k: v for k, v in (r.get("job") or {}).items() if k != "command"} or {})
