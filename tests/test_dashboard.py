@@ -216,7 +216,7 @@ def test_audit_pages(populated):
 
     at = open_page("views/selection.py")
     vals = {m.label: m.value for m in at.metric}
-    assert vals == {"Documents scored": "30", "Keep": "20", "Drop": "10"}
+    assert vals == {"Documents listed": "30", "Keep": "20", "Drop": "10"}
     at.multiselect(key="selection_filter").set_value(["drop"]).run()
     assert set(at.dataframe[0].value["decision"]) == {"drop"}
 
@@ -413,3 +413,29 @@ def test_runs_page_shows_the_pairing_warning_of_a_run(populated):
     at = open_page("views/runs.py")
     at.selectbox(key="runs_pick").set_value("r-done").run()
     assert "not on 'tiny' that is being indexed" in texts(at.warning)
+
+
+def test_selection_page_words_counts_from_the_measurements(populated):
+    import pandas as pd
+
+    ws, _ = populated
+    d = ws.run_dir("r-done")
+    rows = [dict(doc_id=i, decision="keep", rank=i + 1, score=0.3 if i < 2 else 0.0, matched_score=0.1 - i / 100,
+                 n_targets_helped=3 if i == 0 else (1 if i == 1 else 0), n_targets_hurt=0, duplicate_of=None) for i in range(5)]
+    rows += [dict(doc_id=10, decision="drop", rank=1, score=-0.2, matched_score=-0.1, n_targets_helped=0, n_targets_hurt=3,
+                  duplicate_of=None),
+             dict(doc_id=11, decision="drop", rank=2, score=-0.01, matched_score=0.0, n_targets_helped=1, n_targets_hurt=1,
+                  duplicate_of=None)]
+    pd.DataFrame(rows).to_parquet(d / "selection.parquet", index=False)
+    (d / "selection_args.json").write_text(json.dumps({"budget": 5, "n_targets": 3, "n_docs": 30, "n_nonzero": 4,
+                                                       "n_positive": 2, "n_negative": 2}))
+    at = open_page("views/selection.py")
+    md = texts(at.markdown)
+    assert "**4 of 30** documents have a non-zero influence score on the 3 target(s) (2 positive, 2 negative)" in md
+    assert "ordered by that score, then by `matched_score`" in md
+    assert "**3 of the 5 kept documents have score 0**" in md
+    assert "1 document(s) hurt 3 of 3 target(s), 1 document(s) hurt 1 of 3 target(s)" in md
+    table = at.dataframe[0].value.set_index("doc_id")
+    assert table.loc[11, "why"] == "hurts 1 of 3 target(s), helps 1" and table.loc[10, "why"] == "hurts 3 of 3 target(s)"
+    assert table.loc[4, "why"] == "score 0: kept by matched_score" and table.loc[0, "why"] == "helps 3 of 3 target(s)"
+    assert "consistently" not in md + texts(at.caption)
