@@ -59,7 +59,16 @@ def cmd_corpus_import(args):
 def cmd_corpus_build_default(args):
     from .pydocs import build_default_corpus
 
-    info = build_default_corpus(_ws(args), name=args.name, replace=args.replace)
+    from tqdm.auto import tqdm
+
+    with tqdm(total=100, desc="build corpus", unit="%", disable=args.no_progress, mininterval=0.5) as bar:
+        def show(fraction, message=None):
+            bar.update(max(0, round(100 * fraction) - bar.n))
+            if message:
+                bar.set_postfix_str(message, refresh=False)
+
+        info = build_default_corpus(_ws(args), name=args.name, replace=args.replace, on_progress=show)
+        show(1.0)
     print(f"corpus {info['name']!r}: {info['n_docs']} documents, {info['n_chars']} characters, "
           f"{info['n_shards']} shard(s) in {_ws(args).db_path}")
 

@@ -548,7 +548,8 @@ def _run_info(run_dir: Path) -> dict:
 
 
 # Stages grouped into the phases the Runs page reports; every other stage belongs to the index.
-PHASES = {"queued": None, "prepare": "prepare", "attribute": "attribute", "attributed": "attribute"}
+PHASES = {"queued": None, "prepare": "prepare", "build corpus": "prepare", "train model": "prepare",
+          "attribute": "attribute", "attributed": "attribute"}
 
 
 def phase_durations(durations: dict, current: str | None = None, current_s: float = 0.0) -> dict:
@@ -638,34 +639,39 @@ def _exec_main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     ws = Workspace(args.workspace)
     run_dir = ws.run_dir(args.run)
-    status = read_status(run_dir) or RunStatus(run=args.run)
     print(f"[job] run {args.run}: pid {os.getpid()}, command: {' '.join(cmd)}", flush=True)
+    rep = None
     try:
         if args.ensure_corpus or args.ensure_model:
-            status.state, status.stage, status.pid = "running", "prepare", os.getpid()
-            status.stage_started_at = time.time()
-            status.message = "building the default corpus" + (
-                f" and training the built-in model (preset {args.ensure_model}; minutes on a CPU)" if args.ensure_model else "")
-            write_status(run_dir, status)
-            from .models import resolve_device
+            # Each preparation step is a stage of its own with a fraction (hence an ETA on the Runs page): on a
+            # loaded CPU, training the built-in model is the first ten minutes of a first launch.
+            from .corpus import list_corpora
+            from .progress import Reporter
 
-            if args.ensure_model:
-                from .demo import ensure_default_model
-
-                ensure_default_model(ws, args.ensure_model, device=resolve_device(args.device), progress=False)
-            else:
-                from .corpus import list_corpora
+            rep = Reporter(run_dir, args.run, min_interval=1.0)
+            corpus = args.ensure_corpus or "pydocs"  # the built-in model is trained on the default corpus
+            if corpus not in [c["name"] for c in list_corpora(ws)]:
                 from .pydocs import build_default_corpus
 
-                if args.ensure_corpus not in [c["name"] for c in list_corpora(ws)]:
-                    build_default_corpus(ws, name=args.ensure_corpus)
-            status.progress, status.message = 1.0, "default corpus and model ready"
-            write_status(run_dir, status)
+                rep.stage("build corpus", f"building the default corpus {corpus!r} from this Python's documentation")
+                build_default_corpus(ws, name=corpus, on_progress=rep.update)
+                print(f"[job] built corpus {corpus!r}", flush=True)
+            if args.ensure_model and not builtin_model_ready(ws, args.ensure_model):
+                from .demo import ensure_default_model
+                from .models import resolve_device
+
+                rep.stage("train model", f"training the built-in model (preset {args.ensure_model}; minutes on a CPU)")
+                ensure_default_model(ws, args.ensure_model, device=resolve_device(args.device), progress=False,
+                                     on_progress=rep.update)
+                print(f"[job] trained the built-in model ({args.ensure_model} preset)", flush=True)
+            rep.update(1.0, "default corpus and model ready")
+            rep.flush()
     except Exception as exc:  # noqa: BLE001 - recorded for the dashboard, then exit non-zero
         logger.exception("preparing the default corpus/model failed")
-        write_status(run_dir, RunStatus(run=args.run, state="failed", stage="prepare", pid=os.getpid(),
-                                        started_at=status.started_at,
-                                        error=f"preparing the default corpus/model failed: {type(exc).__name__}: {exc}"))
+        stage = rep.status.stage if rep and rep.status.stage else "prepare"
+        rep_started = rep.status.started_at if rep else time.time()
+        write_status(run_dir, RunStatus(run=args.run, state="failed", stage=stage, pid=os.getpid(), started_at=rep_started,
+                                        error=f"preparing the default corpus/model failed ({stage}): {type(exc).__name__}: {exc}"))
         return 1
     if not cmd:
         write_status(run_dir, RunStatus(run=args.run, state="failed", error="the job has no command to run"))

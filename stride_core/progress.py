@@ -135,6 +135,10 @@ class Reporter:
         self.status.metrics.update({k: float(v) for k, v in metrics.items()})
         self._flush()
 
+    def flush(self):
+        """Write the latest update now (update() is throttled)."""
+        self._flush(force=True)
+
     def finish(self, state: str = "done", error: str | None = None):
         self._close_stage()
         self.status.state, self.status.error = state, error
