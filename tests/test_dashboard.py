@@ -85,9 +85,12 @@ def test_setup_page_validates_inputs(populated, tmp_path):
     # Document browser: parameterised search, including LIKE wildcards taken literally.
     at.text_input(key="doc_search").input("document 17 ABOUT").run()
     assert "1 matching document(s)" in texts(at.caption)
+    # the full text in the page (wrapped, scrollable, escaped), not only in the table's cell overlay
+    assert at.selectbox(key="doc_full_tiny").value == 17
+    assert "Document 17 about the" in texts(at.markdown) and "&lt;script&gt;alert" in texts(at.markdown)
     at.text_input(key="doc_search").input("100%_").run()
     assert "0 matching document(s)" in texts(at.caption)
-    shards.set_value([1]).run()
+    by_label(at.multiselect, "Shards to index").set_value([1]).run()
     at.text_input(key="doc_search").input("").run()
     assert "10 matching document(s)" in texts(at.caption)
 
@@ -439,3 +442,25 @@ def test_selection_page_words_counts_from_the_measurements(populated):
     assert table.loc[11, "why"] == "hurts 1 of 3 target(s), helps 1" and table.loc[10, "why"] == "hurts 3 of 3 target(s)"
     assert table.loc[4, "why"] == "score 0: kept by matched_score" and table.loc[0, "why"] == "helps 3 of 3 target(s)"
     assert "consistently" not in md + texts(at.caption)
+
+
+def test_influence_explorer_strikes_out_the_unused_part_of_a_truncated_prompt(populated):
+    from dashboard_fixtures import attributions_frame
+
+    ws, _ = populated
+    d = make_run(ws, "r-cut", "done")
+    df = attributions_frame()
+    long = df["prompt"] == df.loc[df["query_id"] == "q00", "prompt"].iloc[0]
+    df["prompt_used"] = df["prompt"]
+    df["truncated"] = False
+    df.loc[long, "prompt_used"] = " a JSON string, you can call"  # the end the model saw (decoded tokens)
+    df.loc[long, "truncated"] = True
+    df.to_parquet(d / "attributions.parquet", index=False)
+    at = open_page("views/influence.py")
+    by_label(at.selectbox, "Run").set_value("r-cut").run()
+    md = texts(at.markdown)
+    assert ("<span style='color:#9e9e9e;text-decoration:line-through'>To serialize a Python dictionary as </span>"
+            "<b>a JSON string, you can call</b>") in md
+    assert "`max_tokens`" in texts(at.warning) and "stride index --max-tokens" in texts(at.warning)
+    by_label(at.selectbox, "Prompt").set_value("q01").run()  # an uncut prompt: all bold, nothing struck out
+    assert "line-through" not in texts(at.markdown) and "max_tokens" not in texts(at.warning)

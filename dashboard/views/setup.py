@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import shlex
 
 import streamlit as st
@@ -147,6 +148,13 @@ with common.guard("the corpus section"):
             if total:
                 st.dataframe(docs, hide_index=True, key="doc_table",
                              column_config={"text": st.column_config.TextColumn("text", width="large")})
+                # The table's cell overlay runs off the page for long texts: the full text shows here, wrapped and
+                # scrollable inside the page.
+                by_id = {int(d): t for d, t in zip(docs["doc_id"], docs["text"])}
+                shown_id = st.selectbox("Full text of document", list(by_id), key=f"doc_full_{corpus}",
+                                        format_func=lambda d: f"doc {d} — {' '.join(str(by_id[d]).split())[:80]}")
+                if shown_id is not None:
+                    common.html_block(html.escape(str(by_id[shown_id])), max_height=360)
     elif corpus == "pydocs":
         st.caption("All shards of pydocs will be indexed.")
 
