@@ -57,10 +57,10 @@ def fmt_duration(seconds: float | None) -> str:
     return f"{h}h {m:02d}m"
 
 
-def fmt_time(ts: float | None) -> str:
+def fmt_time(ts: float | None, short: bool = False) -> str:
     if not ts:
         return "–"
-    return _dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+    return _dt.datetime.fromtimestamp(ts).strftime("%m-%d %H:%M" if short else "%Y-%m-%d %H:%M:%S")
 
 
 def fmt_bytes(n: float | None) -> str:

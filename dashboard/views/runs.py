@@ -75,32 +75,27 @@ with common.guard("the Runs page"):
         st.fragment(live_section, run_every=REFRESH_S)(active)
 
     st.subheader("History")
+    # Nine columns that fit a laptop-wide page (the live card above has the stage and progress bar, the
+    # details below the device and provenance); results right after the state, so they are never cut off.
     table = pd.DataFrame([{
         "run": r["run"],
-        "state": common.state_label(r["state"]),
+        "state": common.state_label(r["state"]) + (f" · {r['stage']}" if r.get("stage") and r["state"] != "done" else ""),
         "results": ", ".join(k for k, v in r["results"].items() if v) or "–",
-        "stage": r.get("stage") or "",
-        "progress": float(r.get("progress") or 0.0),
         "corpus": r.get("corpus"),
         "model": Path(str(r["model"])).name if r.get("model") else None,
         "preset": r.get("preset"),
         "prompts": r.get("n_prompts"),
-        "device": r.get("device"),
-        "started": common.fmt_time(r.get("started_at")),
         "duration": common.fmt_duration(r.get("total_s", r.get("elapsed_s"))),
+        "started": common.fmt_time(r.get("started_at"), short=True),
     } for r in runs])
-    # Stretched to the page, results right after the state and narrow columns marked small, so the table
-    # fits a laptop screen without cutting off the results column.
-    small = {c: st.column_config.Column(c, width="small") for c in ("state", "preset", "prompts", "device", "duration")}
     st.dataframe(table, hide_index=True, key="history", width="stretch",
-                 column_config={**small,
-                                "results": st.column_config.TextColumn("results", width="medium",
+                 column_config={"results": st.column_config.TextColumn("results", width="medium",
                                                                        help="Result files the run has written."),
                                 "duration": st.column_config.TextColumn("duration", width="small",
                                                                         help="Total working time: index + attribute, "
                                                                              "also when run by separate commands."),
-                                "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0,
-                                                                            format="percent", width="small")})
+                                "prompts": st.column_config.NumberColumn("prompts", width="small"),
+                                "preset": st.column_config.TextColumn("preset", width="small")})
 
     st.subheader("Details")
     r = common.pick_run(runs, key="runs_pick")
