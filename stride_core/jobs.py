@@ -529,7 +529,7 @@ def _run_info(run_dir: Path) -> dict:
     end = now if state in ACTIVE_STATES else st.updated_at
     info["elapsed_s"] = max(0.0, end - st.started_at)
     info["stage_elapsed_s"] = max(0.0, end - st.stage_started_at)
-    info["eta_s"] = stage_eta(st.progress, info["stage_elapsed_s"]) if state == "running" else None
+    info["eta_s"] = status_eta(st, end) if state == "running" else None
     # The engine's args.json ({"run", "index": {corpus, model, shards, cache, subsets, operators}}) wins over
     # what was requested (job.json).
     merged = {**job, **args, **(args.get("index") if isinstance(args.get("index"), dict) else {})}
@@ -563,6 +563,16 @@ def phase_durations(durations: dict, current: str | None = None, current_s: floa
         if phase:
             out[phase] = out.get(phase, 0.0) + float(secs)
     return out
+
+
+def status_eta(st: RunStatus, now: float) -> float | None:
+    """Remaining seconds of the current stage: from the rate since the stage's first progress update (its
+    anchor) once progress has moved 1% past it, else linearly from the stage's start."""
+    a = st.progress_anchor
+    if a and len(a) == 2 and st.progress - float(a[1]) >= 0.01 and st.progress < 1.0:
+        rate = (st.progress - float(a[1])) / max(now - float(a[0]), 1e-6)
+        return (1.0 - st.progress) / rate
+    return stage_eta(st.progress, max(0.0, now - st.stage_started_at))
 
 
 def stage_eta(progress: float, stage_elapsed_s: float) -> float | None:

@@ -34,6 +34,9 @@ class RunStatus:
     durations: dict = field(default_factory=dict)
     # What the command that started the work knew and the engine's files do not record (preset, n_prompts).
     info: dict = field(default_factory=dict)
+    # [time, progress] of the current stage's first update with progress > 0: the ETA is extrapolated from the
+    # rate since then, so a slow start inside a stage (tokenizer training before the steps) does not skew it.
+    progress_anchor: list | None = None
 
     def __post_init__(self):
         if self.state not in STATES:
@@ -124,12 +127,15 @@ class Reporter:
     def stage(self, name: str, message: str = ""):
         self._close_stage()
         self.status.stage, self.status.progress, self.status.message = name, 0.0, message
+        self.status.progress_anchor = None
         self.status.stage_started_at = time.time()
         self.status.metrics = {}
         self._flush(force=True)
 
     def update(self, progress: float, message: str | None = None, **metrics):
         self.status.progress = float(min(max(progress, 0.0), 1.0))
+        if self.status.progress_anchor is None and self.status.progress > 0:
+            self.status.progress_anchor = [time.time(), self.status.progress]
         if message is not None:
             self.status.message = message
         self.status.metrics.update({k: float(v) for k, v in metrics.items()})

@@ -135,6 +135,11 @@ def test_start_job_rejects_bad_input(ws, monkeypatch):
 def test_stage_eta():
     assert jobs.stage_eta(0.5, 10.0) == pytest.approx(10.0)
     assert jobs.stage_eta(0.0, 10.0) is None and jobs.stage_eta(1.0, 10.0) is None
+    # a stage that spent 30 s before its loop (at 2%), then went 2% -> 50% in 20 s: 20 s left, not 50 s
+    st = RunStatus(run="r", state="running", progress=0.5, stage_started_at=100.0, progress_anchor=[130.0, 0.02])
+    assert jobs.status_eta(st, 150.0) == pytest.approx(0.5 / (0.48 / 20.0))
+    st.progress_anchor = [149.0, 0.499]  # not moved 1% past the anchor yet: linear from the stage start
+    assert jobs.status_eta(st, 150.0) == pytest.approx(50.0)
 
 
 def test_job_builds_the_default_corpus_first(ws, monkeypatch):
