@@ -100,16 +100,16 @@ def pairing_warnings(record: dict | None, corpus: str, n_docs: int | None) -> li
         return []
     trained_on = str(record.get("corpus"))
     used, total = record.get("n_used_docs"), record.get("n_corpus_docs")
-    retrain = f"`stride model train-tiny --corpus {corpus} --out MODEL_DIR`"
+    retrain = f"stride model train-tiny --corpus {corpus} --out MODEL_DIR"
     if trained_on != corpus:
         return [f"the model was trained on corpus {trained_on!r}, not on {corpus!r} that is being indexed: rankings "
                 f"can only reflect what it learned from {trained_on!r}. Index {trained_on!r}, or train a model on "
-                f"this corpus with {retrain}"]
+                f"this corpus with `{retrain}`"]
     out = []
     if used is not None and total is not None and int(used) < int(total):
         out.append(f"the model was trained on only the first {int(used):,} of the {int(total):,} documents of "
                    f"corpus {corpus!r}: the other {int(total) - int(used):,} were never seen by it, so they cannot "
-                   f"rank as training influence. Retrain on all of them with {retrain} --max-docs 0 (or --preset default)")
+                   f"rank as training influence. Retrain on all of them with `{retrain} --max-docs 0` (or `--preset default`)")
     if total is not None and n_docs is not None and int(total) != int(n_docs):
         out.append(f"corpus {corpus!r} had {int(total):,} documents when the model was trained and has {int(n_docs):,} "
                    f"now (re-imported or changed since): documents added since are unseen by the model")

@@ -438,7 +438,9 @@ def test_selection_page_words_counts_from_the_measurements(populated):
     assert "ordered by that score, then by `matched_score`" in md
     assert "**3 of the 5 kept documents have score 0**" in md
     assert "1 document(s) hurt 3 of 3 target(s), 1 document(s) hurt 1 of 3 target(s)" in md
-    table = at.dataframe[0].value.set_index("doc_id")
+    table = at.dataframe[0].value
+    assert list(table.columns)[:3] == ["doc_id", "decision", "why"]
+    table = table.set_index("doc_id")
     assert table.loc[11, "why"] == "hurts 1 of 3 target(s), helps 1" and table.loc[10, "why"] == "hurts 3 of 3 target(s)"
     assert table.loc[4, "why"] == "score 0: kept by matched_score" and table.loc[0, "why"] == "helps 3 of 3 target(s)"
     assert "consistently" not in md + texts(at.caption)

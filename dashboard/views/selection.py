@@ -84,7 +84,12 @@ with common.guard("the Data selection page"):
         view = df[df["decision"].isin(pick)] if decisions else df
         if "score" in view.columns:
             view = view.sort_values("score")
-        st.dataframe(view, hide_index=True, key="selection_table")
+        if "why" in view.columns:  # the words beside the decision, not off to the right of the metadata
+            view = view[["doc_id", "decision", "why", *[c for c in view.columns if c not in ("doc_id", "decision", "why")]]]
+        st.dataframe(view, hide_index=True, key="selection_table",
+                     column_config={"why": st.column_config.TextColumn("why", width="medium",
+                                                                       help="From the measured counts: of how many "
+                                                                            "targets the document helps or hurts.")})
         c1, c2, c3 = st.columns(3)
         c1.download_button("Download all (CSV)", queries.to_csv_bytes(df), file_name=f"{r['run']}_selection.csv",
                            mime="text/csv", key="dl_selection")
