@@ -201,9 +201,10 @@ def _print_top(df, n=5):
 def cmd_attribute(args):
     from .pipeline import attribute
 
+    attr_args = _attr_args(args)  # option errors first: they name the option, before the prompts file is read
     prompts = _prompts_from_args(args)
     _note_run(args, prompts)
-    df = attribute(_ws(args), args.run, prompts, _attr_args(args), out=args.out, progress=not args.no_progress)
+    df = attribute(_ws(args), args.run, prompts, attr_args, out=args.out, progress=not args.no_progress)
     _print_top(df)
     print(f"\n{df['query_id'].nunique()} prompts, {len(df)} ranked rows" + (f" written to {args.out}" if args.out else ""))
 
@@ -211,9 +212,10 @@ def cmd_attribute(args):
 def cmd_run(args):
     from .pipeline import run_all
 
+    config, attr_args = _config_from_args(args), _attr_args(args)  # option errors first, as without the note below
     prompts = _prompts_from_args(args)
     _note_run(args, prompts)
-    df = run_all(_ws(args), args.run, _config_from_args(args), prompts, _attr_args(args), device=args.device,
+    df = run_all(_ws(args), args.run, config, prompts, attr_args, device=args.device,
                  overwrite=args.overwrite, progress=not args.no_progress, out=args.out)
     _print_top(df, 3)
 
