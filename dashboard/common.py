@@ -9,7 +9,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from stride_core.errors import StrideError
+from stride_core.errors import InputError, StrideError
+from stride_core.items import PASTE_MODES, parse_pasted
 from stride_core.workspace import Workspace, default_workspace
 
 logger = logging.getLogger("dashboard")
@@ -56,10 +57,10 @@ def fmt_duration(seconds: float | None) -> str:
     return f"{h}h {m:02d}m"
 
 
-def fmt_time(ts: float | None) -> str:
+def fmt_time(ts: float | None, short: bool = False) -> str:
     if not ts:
         return "–"
-    return _dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+    return _dt.datetime.fromtimestamp(ts).strftime("%m-%d %H:%M" if short else "%Y-%m-%d %H:%M:%S")
 
 
 def fmt_bytes(n: float | None) -> str:
@@ -151,17 +152,36 @@ def audit_launcher(ws, run: dict, kind: str, expanded: bool) -> None:
             return
         up = st.file_uploader(f"File of {what}: .jsonl (fields item_id, text), .json (a list of such objects) "
                               f"or .txt (one per line)", type=["jsonl", "json", "txt"], key=f"{kind}_upload")
-        field = st.text_input("Text field(s) of a .jsonl/.json file, comma-separated (empty: text, else prompt)",
-                              key=f"{kind}_field", placeholder="e.g. question,answer")
-        pasted = st.text_area(f"…or paste {what}, one per line", key=f"{kind}_paste", height=120)
+        field = st.text_input("Text field(s) of a .jsonl/.json file or pasted JSONL, comma-separated (empty: text, "
+                              "else prompt)", key=f"{kind}_field", placeholder="e.g. question,answer")
+        mode = st.radio("Pasted text is", list(PASTE_MODES), horizontal=True, key=f"{kind}_paste_mode",
+                        format_func=lambda m: {"auto": "Auto-detect", "blank": "Separated by a blank line",
+                                               "jsonl": "JSONL", "lines": "One per line"}[m],
+                        help="Copied documents keep their single line breaks, so items are separated by a blank "
+                             "line; JSONL (every line a JSON object with `text`) is recognised automatically.")
+        pasted = st.text_area(f"…or paste {what}, separated by a blank line (or JSONL)", key=f"{kind}_paste", height=120)
+        parsed = None
+        if up is None and pasted.strip():
+            # parsed here, before starting, so the count and the mode are visible (a paste of two documents is 2 items)
+            try:
+                used, items, parsed = parse_pasted(pasted, mode, "benchmark" if kind == "contamination" else "target",
+                                                   field.strip() or None)
+                how = PASTE_MODES[used] + (" (auto-detected)" if mode == "auto" else "")
+                st.caption(f"**{len(items)} item(s)** parsed, {how}.")
+            except StrideError as exc:
+                st.error(f"Cannot read the pasted {what}: {exc}")
+        elif up is not None and pasted.strip():
+            st.caption("The uploaded file is used; the pasted text is ignored.")
         budget = st.number_input("Documents to keep (budget)", min_value=1, value=100, step=10, key=f"{kind}_budget") \
             if kind == "select" else None
         if st.button("Start the audit", key=f"{kind}_start", type="primary"):
             try:
                 if up is not None:
                     text, name, fields = up.getvalue().decode("utf-8"), up.name, field.strip() or None
+                elif parsed is not None:
+                    text, name, fields = parsed, "items.jsonl", (field.strip() or None) if used == "jsonl" else None
                 else:
-                    text, name, fields = pasted, "items.txt", None
+                    raise InputError(f"upload a file of {what} or paste them first")
                 jobs.start_audit_job(ws, run["run"], kind, text, budget=budget, filename=name, text_field=fields)
                 st.success("Audit started; its progress shows below and the results appear on this page.")
             except UnicodeDecodeError:

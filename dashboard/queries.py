@@ -260,3 +260,14 @@ def result_table(path: str, version: float) -> pd.DataFrame:
 
 def to_csv_bytes(df: pd.DataFrame) -> bytes:
     return df.to_csv(index=False).encode("utf-8")
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def read_json_file(path: str, version: float) -> dict:
+    """A small JSON object beside a result file (e.g. selection_args.json); {} when missing or unreadable.
+    `version` (the file's mtime) keys the cache, so a re-run audit is read afresh."""
+    try:
+        obj = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return obj if isinstance(obj, dict) else {}

@@ -59,7 +59,16 @@ def cmd_corpus_import(args):
 def cmd_corpus_build_default(args):
     from .pydocs import build_default_corpus
 
-    info = build_default_corpus(_ws(args), name=args.name, replace=args.replace)
+    from tqdm.auto import tqdm
+
+    with tqdm(total=100, desc="build corpus", unit="%", disable=args.no_progress, mininterval=0.5) as bar:
+        def show(fraction, message=None):
+            bar.update(max(0, round(100 * fraction) - bar.n))
+            if message:
+                bar.set_postfix_str(message, refresh=False)
+
+        info = build_default_corpus(_ws(args), name=args.name, replace=args.replace, on_progress=show)
+        show(1.0)
     print(f"corpus {info['name']!r}: {info['n_docs']} documents, {info['n_chars']} characters, "
           f"{info['n_shards']} shard(s) in {_ws(args).db_path}")
 
@@ -166,9 +175,23 @@ def _prompts_from_args(args):
     return args.prompts
 
 
+def _note_run(args, prompts=None):
+    """Record the preset and the prompt count in the run's status (stride_core.progress.set_process_info):
+    a run started from a terminal has no job.json, and the Runs page shows them from there."""
+    from .progress import set_process_info
+
+    n = None
+    if prompts is not None:
+        from .pipeline import read_prompts
+
+        n = len(prompts) if isinstance(prompts, list) else len(read_prompts(prompts))
+    set_process_info(preset=getattr(args, "preset", None), n_prompts=n)
+
+
 def cmd_index(args):
     from .pipeline import index
 
+    _note_run(args)
     rdir = index(_ws(args), args.run, _config_from_args(args), device=args.device, overwrite=args.overwrite, progress=not args.no_progress)
     print(f"indexed run {args.run!r} in {rdir}")
 
@@ -185,7 +208,10 @@ def _print_top(df, n=5):
 def cmd_attribute(args):
     from .pipeline import attribute
 
-    df = attribute(_ws(args), args.run, _prompts_from_args(args), _attr_args(args), out=args.out, progress=not args.no_progress)
+    attr_args = _attr_args(args)  # option errors first: they name the option, before the prompts file is read
+    prompts = _prompts_from_args(args)
+    _note_run(args, prompts)
+    df = attribute(_ws(args), args.run, prompts, attr_args, out=args.out, progress=not args.no_progress)
     _print_top(df)
     unranked = df.attrs.get("unranked", [])
     print(f"\n{df.attrs.get('n_prompts', df['query_id'].nunique())} prompts, {len(df)} ranked rows"
@@ -196,7 +222,10 @@ def cmd_attribute(args):
 def cmd_run(args):
     from .pipeline import run_all
 
-    df = run_all(_ws(args), args.run, _config_from_args(args), _prompts_from_args(args), _attr_args(args), device=args.device,
+    config, attr_args = _config_from_args(args), _attr_args(args)  # option errors first, as without the note below
+    prompts = _prompts_from_args(args)
+    _note_run(args, prompts)
+    df = run_all(_ws(args), args.run, config, prompts, attr_args, device=args.device,
                  overwrite=args.overwrite, progress=not args.no_progress, out=args.out)
     _print_top(df, 3)
 
@@ -361,6 +390,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from .progress import clear_process_info
+
     try:
         args.func(args)
     except StrideError as exc:
@@ -374,6 +405,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: unexpected {type(exc).__name__}: {exc} (re-run with -v for a traceback)", file=sys.stderr)
         return 1
+    finally:
+        clear_process_info()  # main() called in-process (tests, scripts) must not tag later runs
     return 0
 
 

@@ -14,7 +14,10 @@ def default_model_dir(ws, preset: str = "default") -> Path:
     return ws.models_dir / ("pydocs-tiny" if preset == "default" else f"pydocs-tiny-{preset}")
 
 
-def ensure_default_model(ws, preset: str = "default", device: str = "cpu", progress: bool = True) -> Path:
+def ensure_default_model(ws, preset: str = "default", device: str = "cpu", progress: bool = True,
+                         on_progress=None) -> Path:
+    """The built-in model folder, trained first when missing (the default corpus built first when missing).
+    `on_progress(fraction, message=None, **metrics)` follows the training (tiny_model.train_tiny)."""
     from .models import check_model_dir
     from .pydocs import build_default_corpus
     from .tiny_model import TinyModelArgs, train_tiny
@@ -28,7 +31,7 @@ def ensure_default_model(ws, preset: str = "default", device: str = "cpu", progr
     except Exception:
         pass
     logger.info("training the built-in tiny model (preset %s) into %s", preset, out)
-    train_tiny(ws, "pydocs", out, TinyModelArgs.preset(preset), progress=progress, device=device)
+    train_tiny(ws, "pydocs", out, TinyModelArgs.preset(preset), progress=progress, device=device, on_progress=on_progress)
     return out
 
 

@@ -29,9 +29,14 @@ def read_items(path, what: str = "benchmark", max_items: int = 100_000, max_char
     missing/non-string text field, a duplicate item_id, more than `max_items` items or an item over
     `max_chars` characters."""
     p = Path(path)
+    return parse_items(read_text_file(p, what), file_kind(p), p, what, max_items, max_chars, text_fields)
+
+
+def parse_items(raw: str, suffix: str, where="items", what: str = "benchmark", max_items: int = 100_000,
+                max_chars: int = 100_000, text_fields: str | list[str] | None = None) -> list[Item]:
+    """The content of an items file (`suffix` .jsonl, .json or .txt), validated as `read_items` does."""
+    p = Path(str(where))
     fields = _field_list(text_fields)
-    raw = read_text_file(p, what)
-    suffix = file_kind(p)
     items: list[Item] = []
     if suffix in (".jsonl", ".json"):
         for where, obj in json_records(p, raw, suffix):
@@ -64,6 +69,55 @@ def read_items(path, what: str = "benchmark", max_items: int = 100_000, max_char
     if dup:
         raise InputError(f"{p}: duplicate item_id values: {', '.join(sorted(set(dup))[:10])}")
     return items
+
+
+# Pasted items (the dashboard's audit text boxes): copied documents hold single line breaks, so the default
+# separator is a blank line; JSONL (every non-empty line a JSON object) is recognised; one-per-line on request.
+PASTE_MODES = {"auto": "detect: JSONL when every line is a JSON object, else separated by a blank line",
+               "blank": "separated by a blank line", "jsonl": "JSONL (one JSON object per line)",
+               "lines": "one per line"}
+
+
+def detect_paste_mode(text: str) -> str:
+    """"jsonl" when every non-empty line parses as a JSON object, else "blank"."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if lines and all(line.startswith("{") for line in lines):
+        try:
+            if all(isinstance(json.loads(line), dict) for line in lines):
+                return "jsonl"
+        except json.JSONDecodeError:
+            pass
+    return "blank"
+
+
+def split_blocks(text: str) -> list[str]:
+    """Paragraphs: runs of non-blank lines, separated by one or more blank (or whitespace-only) lines."""
+    blocks, cur = [], []
+    for line in text.splitlines():
+        if line.strip():
+            cur.append(line.rstrip())
+        elif cur:
+            blocks.append("\n".join(cur).strip())
+            cur = []
+    if cur:
+        blocks.append("\n".join(cur).strip())
+    return blocks
+
+
+def parse_pasted(text: str, mode: str = "auto", what: str = "benchmark",
+                 text_fields: str | list[str] | None = None) -> tuple[str, list[Item], str]:
+    """Pasted items -> (the mode used, the items, the same items as a file's content in that mode's format:
+    JSONL for "jsonl", else one JSON object per item) so the audit job reads exactly what was counted."""
+    if mode not in PASTE_MODES:
+        raise InputError(f"unknown paste mode {mode!r}: use one of {', '.join(PASTE_MODES)}")
+    used = detect_paste_mode(text) if mode == "auto" else mode
+    if used == "jsonl":
+        return used, parse_items(text, ".jsonl", "pasted JSONL", what, text_fields=text_fields), text
+    if text_fields:
+        raise InputError("the text field(s) apply to JSONL; pasted text is taken as it is")
+    texts = split_blocks(text) if used == "blank" else [line.strip() for line in text.splitlines() if line.strip()]
+    raw = "\n".join(json.dumps({"item_id": f"item{i:05d}", "text": t}, ensure_ascii=False) for i, t in enumerate(texts))
+    return used, parse_items(raw, ".jsonl", f"pasted {what} items", what), raw
 
 
 def _field_list(text_fields) -> list[str]:

@@ -38,7 +38,7 @@ from pathlib import Path
 
 from .demo import sample_prompts_path  # noqa: F401  re-exported: the dashboard and the demo job read the samples through jobs
 from .errors import InputError, RunError
-from .progress import RunStatus, read_status, write_status
+from .progress import RunStatus, read_status, total_seconds, write_status
 from .workspace import Workspace, validate_name
 
 logger = logging.getLogger(__name__)
@@ -529,17 +529,50 @@ def _run_info(run_dir: Path) -> dict:
     end = now if state in ACTIVE_STATES else st.updated_at
     info["elapsed_s"] = max(0.0, end - st.started_at)
     info["stage_elapsed_s"] = max(0.0, end - st.stage_started_at)
-    info["eta_s"] = stage_eta(st.progress, info["stage_elapsed_s"]) if state == "running" else None
+    info["eta_s"] = status_eta(st, end) if state == "running" else None
     # The engine's args.json ({"run", "index": {corpus, model, shards, cache, subsets, operators}}) wins over
     # what was requested (job.json).
     merged = {**job, **args, **(args.get("index") if isinstance(args.get("index"), dict) else {})}
     info["corpus"] = merged.get("corpus")
     info["model"] = merged.get("model") or merged.get("model_dir")
-    info["preset"] = merged.get("preset")
+    noted = st.info or {}  # what a CLI command recorded (no job.json for runs started from a terminal)
+    info["preset"] = merged.get("preset") or noted.get("preset")
     info["device"] = prov.get("device") or merged.get("device")
-    info["n_prompts"] = job.get("n_prompts") or merged.get("n_prompts")
+    info["n_prompts"] = job.get("n_prompts") or merged.get("n_prompts") or noted.get("n_prompts")
+    # Total working time over every command that worked on the run (index + attribute), and per phase.
+    info["total_s"] = total_seconds(st, now, active=state in ACTIVE_STATES)
+    info["phases"] = phase_durations(st.durations, st.stage if state in ACTIVE_STATES else None, info["stage_elapsed_s"])
     info["shards"] = merged.get("shards")
+    info["pairing_warnings"] = list(prov.get("pairing_warnings") or [])  # written by `index` (pipeline.begin_run)
     return info
+
+
+# Stages grouped into the phases the Runs page reports; every other stage belongs to the index.
+PHASES = {"queued": None, "prepare": "prepare", "build corpus": "prepare", "train model": "prepare",
+          "attribute": "attribute", "attributed": "attribute"}
+
+
+def phase_durations(durations: dict, current: str | None = None, current_s: float = 0.0) -> dict:
+    """{"prepare"?, "index"?, "attribute"?: seconds} from a status's per-stage durations (+ the running stage)."""
+    d = dict(durations or {})
+    if current and current not in d:
+        d[current] = current_s
+    out: dict = {}
+    for stage, secs in d.items():
+        phase = PHASES.get(stage, "index")
+        if phase:
+            out[phase] = out.get(phase, 0.0) + float(secs)
+    return out
+
+
+def status_eta(st: RunStatus, now: float) -> float | None:
+    """Remaining seconds of the current stage: from the rate since the stage's first progress update (its
+    anchor) once progress has moved 1% past it, else linearly from the stage's start."""
+    a = st.progress_anchor
+    if a and len(a) == 2 and st.progress - float(a[1]) >= 0.01 and st.progress < 1.0:
+        rate = (st.progress - float(a[1])) / max(now - float(a[0]), 1e-6)
+        return (1.0 - st.progress) / rate
+    return stage_eta(st.progress, max(0.0, now - st.stage_started_at))
 
 
 def stage_eta(progress: float, stage_elapsed_s: float) -> float | None:
@@ -616,34 +649,39 @@ def _exec_main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     ws = Workspace(args.workspace)
     run_dir = ws.run_dir(args.run)
-    status = read_status(run_dir) or RunStatus(run=args.run)
     print(f"[job] run {args.run}: pid {os.getpid()}, command: {' '.join(cmd)}", flush=True)
+    rep = None
     try:
         if args.ensure_corpus or args.ensure_model:
-            status.state, status.stage, status.pid = "running", "prepare", os.getpid()
-            status.stage_started_at = time.time()
-            status.message = "building the default corpus" + (
-                f" and training the built-in model (preset {args.ensure_model}; minutes on a CPU)" if args.ensure_model else "")
-            write_status(run_dir, status)
-            from .models import resolve_device
+            # Each preparation step is a stage of its own with a fraction (hence an ETA on the Runs page): on a
+            # loaded CPU, training the built-in model is the first ten minutes of a first launch.
+            from .corpus import list_corpora
+            from .progress import Reporter
 
-            if args.ensure_model:
-                from .demo import ensure_default_model
-
-                ensure_default_model(ws, args.ensure_model, device=resolve_device(args.device), progress=False)
-            else:
-                from .corpus import list_corpora
+            rep = Reporter(run_dir, args.run, min_interval=1.0)
+            corpus = args.ensure_corpus or "pydocs"  # the built-in model is trained on the default corpus
+            if corpus not in [c["name"] for c in list_corpora(ws)]:
                 from .pydocs import build_default_corpus
 
-                if args.ensure_corpus not in [c["name"] for c in list_corpora(ws)]:
-                    build_default_corpus(ws, name=args.ensure_corpus)
-            status.progress, status.message = 1.0, "default corpus and model ready"
-            write_status(run_dir, status)
+                rep.stage("build corpus", f"building the default corpus {corpus!r} from this Python's documentation")
+                build_default_corpus(ws, name=corpus, on_progress=rep.update)
+                print(f"[job] built corpus {corpus!r}", flush=True)
+            if args.ensure_model and not builtin_model_ready(ws, args.ensure_model):
+                from .demo import ensure_default_model
+                from .models import resolve_device
+
+                rep.stage("train model", f"training the built-in model (preset {args.ensure_model}; minutes on a CPU)")
+                ensure_default_model(ws, args.ensure_model, device=resolve_device(args.device), progress=False,
+                                     on_progress=rep.update)
+                print(f"[job] trained the built-in model ({args.ensure_model} preset)", flush=True)
+            rep.update(1.0, "default corpus and model ready")
+            rep.flush()
     except Exception as exc:  # noqa: BLE001 - recorded for the dashboard, then exit non-zero
         logger.exception("preparing the default corpus/model failed")
-        write_status(run_dir, RunStatus(run=args.run, state="failed", stage="prepare", pid=os.getpid(),
-                                        started_at=status.started_at,
-                                        error=f"preparing the default corpus/model failed: {type(exc).__name__}: {exc}"))
+        stage = rep.status.stage if rep and rep.status.stage else "prepare"
+        rep_started = rep.status.started_at if rep else time.time()
+        write_status(run_dir, RunStatus(run=args.run, state="failed", stage=stage, pid=os.getpid(), started_at=rep_started,
+                                        error=f"preparing the default corpus/model failed ({stage}): {type(exc).__name__}: {exc}"))
         return 1
     if not cmd:
         write_status(run_dir, RunStatus(run=args.run, state="failed", error="the job has no command to run"))

@@ -117,3 +117,42 @@ def resolve_device(device: str = "auto") -> str:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ModelError("--device cuda was requested but no CUDA device is available; use --device cpu or auto")
     return device
+
+
+# ------------------------------------------------------------------------------------------ pairing
+
+TRAINING_FILE = "stride_training.json"  # written by `stride model train-tiny` (stride_core.tiny_model)
+
+
+def training_record(model_dir: str | Path) -> dict | None:
+    """What a model folder records about its training data ({"corpus", "n_corpus_docs", "n_used_docs", ...}),
+    or None for a folder that records nothing (any Hugging Face model not trained by `stride model train-tiny`)."""
+    try:
+        rec = json.loads((Path(model_dir).expanduser() / TRAINING_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return rec if isinstance(rec, dict) and rec.get("corpus") else None
+
+
+def pairing_warnings(record: dict | None, corpus: str, n_docs: int | None) -> list[str]:
+    """Why rankings of a model over `corpus` (holding `n_docs` documents) may mislead, from the model's
+    training record: it was trained on another corpus, on part of this one, or on an older version of it.
+    STRIDE traces what the model learned from the indexed documents; documents it never saw score ~0."""
+    if not record:
+        return []
+    trained_on = str(record.get("corpus"))
+    used, total = record.get("n_used_docs"), record.get("n_corpus_docs")
+    retrain = f"stride model train-tiny --corpus {corpus} --out MODEL_DIR"
+    if trained_on != corpus:
+        return [f"the model was trained on corpus {trained_on!r}, not on {corpus!r} that is being indexed: rankings "
+                f"can only reflect what it learned from {trained_on!r}. Index {trained_on!r}, or train a model on "
+                f"this corpus with `{retrain}`"]
+    out = []
+    if used is not None and total is not None and int(used) < int(total):
+        out.append(f"the model was trained on only the first {int(used):,} of the {int(total):,} documents of "
+                   f"corpus {corpus!r}: the other {int(total) - int(used):,} were never seen by it, so they cannot "
+                   f"rank as training influence. Retrain on all of them with `{retrain} --max-docs 0` (or `--preset default`)")
+    if total is not None and n_docs is not None and int(total) != int(n_docs):
+        out.append(f"corpus {corpus!r} had {int(total):,} documents when the model was trained and has {int(n_docs):,} "
+                   f"now (re-imported or changed since): documents added since are unseen by the model")
+    return out

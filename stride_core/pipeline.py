@@ -163,7 +163,7 @@ def prepare_tokens(ws, rdir: Path, config: IndexConfig, tokenizer, progress: boo
     return tokens
 
 
-_REPORTED_MODELS: set[str] = set()
+_REPORTED_MODELS: set = set()  # model folders (and model, corpus pairs) already reported
 
 # What each index stage leaves in the run folder, in stage order; a stage is finished when its artifact is.
 _STAGE_ARTIFACTS = {"tokens": ["tokens"], "cache": ["cache"], "subsets": ["subsets.safetensors"],
@@ -214,7 +214,7 @@ def begin_run(ws, run: str, config: IndexConfig, dev: str, overwrite: bool = Fal
     A retry whose changed arguments feed only stages that never finished (a failed or interrupted run) is
     accepted: those stages restart, the finished ones are kept. Returns (run folder, corpus info)."""
     from .corpus import corpus_info
-    from .models import check_model_dir, ignored_model_files
+    from .models import check_model_dir, ignored_model_files, pairing_warnings, training_record
 
     ws.ensure()
     rdir = ws.run_dir(run)
@@ -256,7 +256,14 @@ def begin_run(ws, run: str, config: IndexConfig, dev: str, overwrite: bool = Fal
                             target.unlink()
     rdir.mkdir(parents=True, exist_ok=True)
     args_path.write_text(json.dumps({"run": run, "index": config.to_dict()}, indent=1))
-    (rdir / "provenance.json").write_text(json.dumps(provenance(dev), indent=1))
+    # A model trained on another corpus, or on part of this one, cannot have learned from the other documents:
+    # said in the log and kept in provenance.json (the Runs page shows it), never an error (any pairing is legal).
+    pairing = pairing_warnings(training_record(config.model), config.corpus, info["n_docs"])
+    if (config.model, config.corpus) not in _REPORTED_MODELS:  # once per process, as above
+        _REPORTED_MODELS.add((config.model, config.corpus))
+        for w in pairing:
+            logger.warning("model/corpus pairing: %s", w)
+    (rdir / "provenance.json").write_text(json.dumps({**provenance(dev), "pairing_warnings": pairing}, indent=1))
     return rdir, info
 
 

@@ -29,6 +29,14 @@ class RunStatus:
     stage_started_at: float = field(default_factory=time.time)
     error: str | None = None
     pid: int | None = None
+    # Seconds of the latest pass through each finished stage, kept across the commands that work on a run
+    # (`stride index`, later `stride attribute`), so the run's total duration is their sum, not the last command's.
+    durations: dict = field(default_factory=dict)
+    # What the command that started the work knew and the engine's files do not record (preset, n_prompts).
+    info: dict = field(default_factory=dict)
+    # [time, progress] of the current stage's first update with progress > 0: the ETA is extrapolated from the
+    # rate since then, so a slow start inside a stage (tokenizer training before the steps) does not skew it.
+    progress_anchor: list | None = None
 
     def __post_init__(self):
         if self.state not in STATES:
@@ -62,6 +70,34 @@ def write_status(run_dir: Path, status: RunStatus, filename: str = STATUS_FILE) 
     os.replace(tmp, p)
 
 
+_PROCESS_INFO: dict = {}
+
+
+def set_process_info(**info) -> None:
+    """Facts about the run this process works on (the CLI's --preset, the number of prompts), merged into
+    every status a Reporter of this process writes: the Runs page shows them for CLI-started runs too."""
+    _PROCESS_INFO.update({k: v for k, v in info.items() if v is not None})
+
+
+def clear_process_info() -> None:
+    _PROCESS_INFO.clear()
+
+
+def total_seconds(status: RunStatus, now: float | None = None, active: bool | None = None) -> float:
+    """A run's total working time: its finished stages' durations plus the current stage while it is active
+    (status files written before durations existed: the time since started_at). `active` overrides the
+    recorded state (a reader that found the job's process gone)."""
+    now = time.time() if now is None else now
+    active = status.state in ("queued", "running") if active is None else active
+    end = now if active else status.updated_at
+    if not status.durations:
+        return max(0.0, end - status.started_at)
+    total = sum(float(v) for v in status.durations.values())
+    if active and status.stage and status.stage not in status.durations:
+        total += max(0.0, end - status.stage_started_at)
+    return total
+
+
 class Reporter:
     """Stage/progress updates to status.json, throttled to one write per `min_interval` seconds."""
 
@@ -75,22 +111,42 @@ class Reporter:
             prev = read_status(self.run_dir, filename)
             if prev is not None:
                 self.status.started_at = prev.started_at if prev.state == "running" else time.time()
+                self.status.durations = dict(prev.durations)
+                self.status.info = dict(prev.info)
+                if prev.state == "running" and prev.stage and prev.pid in (os.getppid(), os.getpid()):
+                    # the job wrapper (our parent) ran a stage before us, e.g. "prepare": it ends here
+                    self.status.durations[prev.stage] = max(0.0, time.time() - prev.stage_started_at)
+        self.status.info.update(_PROCESS_INFO)
+        if self.run_dir:
             write_status(self.run_dir, self.status, filename)
 
+    def _close_stage(self):
+        if self.status.stage:
+            self.status.durations[self.status.stage] = max(0.0, time.time() - self.status.stage_started_at)
+
     def stage(self, name: str, message: str = ""):
+        self._close_stage()
         self.status.stage, self.status.progress, self.status.message = name, 0.0, message
+        self.status.progress_anchor = None
         self.status.stage_started_at = time.time()
         self.status.metrics = {}
         self._flush(force=True)
 
     def update(self, progress: float, message: str | None = None, **metrics):
         self.status.progress = float(min(max(progress, 0.0), 1.0))
+        if self.status.progress_anchor is None and self.status.progress > 0:
+            self.status.progress_anchor = [time.time(), self.status.progress]
         if message is not None:
             self.status.message = message
         self.status.metrics.update({k: float(v) for k, v in metrics.items()})
         self._flush()
 
+    def flush(self):
+        """Write the latest update now (update() is throttled)."""
+        self._flush(force=True)
+
     def finish(self, state: str = "done", error: str | None = None):
+        self._close_stage()
         self.status.state, self.status.error = state, error
         if state == "done":
             self.status.progress = 1.0

@@ -83,9 +83,13 @@ def _chunks(text: str) -> Iterator[str]:
         yield cur
 
 
-def iter_pydocs() -> Iterator[dict]:
-    """Yield {"text", "source", "object", "kind"} dicts in a deterministic order."""
-    for module, path in _stdlib_files():
+def iter_pydocs(on_progress=None) -> Iterator[dict]:
+    """Yield {"text", "source", "object", "kind"} dicts in a deterministic order. `on_progress(fraction,
+    message)` follows the stdlib files read (the slow part)."""
+    files = _stdlib_files()
+    for i, (module, path) in enumerate(files):
+        if on_progress is not None and i % 25 == 0:
+            on_progress(i / len(files), f"reading docstrings: {i} of {len(files)} stdlib files")
         for obj, doc in _docstrings(module, path):
             header = f"{obj}\n\n"
             for chunk in _chunks(doc):
@@ -102,13 +106,16 @@ def iter_pydocs() -> Iterator[dict]:
                 yield {"text": chunk, "source": "pydoc_data.topics", "object": key, "kind": "language-reference"}
 
 
-def build_default_corpus(ws, name: str = "pydocs", replace: bool = False) -> dict:
-    """Import the pydocs corpus into the workspace (idempotent: returns the existing one if present)."""
+def build_default_corpus(ws, name: str = "pydocs", replace: bool = False, on_progress=None) -> dict:
+    """Import the pydocs corpus into the workspace (idempotent: returns the existing one if present).
+    `on_progress(fraction, message)`: reading the stdlib is 0..0.8, the import the rest."""
     from .corpus import ImportOptions, corpus_info, import_records, list_corpora
 
     if not replace and any(r["name"] == name for r in list_corpora(ws)):
         return corpus_info(ws, name)
-    docs = list(iter_pydocs())  # small (~2 MB): fine to materialise
+    report = on_progress or (lambda *a, **k: None)
+    docs = list(iter_pydocs(lambda f, m: report(0.8 * f, m)))  # small (~2 MB): fine to materialise
+    report(0.8, f"importing {len(docs)} documents")
 
     def batches():
         for i in range(0, len(docs), 4096):

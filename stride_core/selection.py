@@ -194,7 +194,11 @@ def _audit_select(ws, run, target, args, out, targets, rdir, config, info, rep):
     df = df.merge(docs.drop(columns=["text"]), on="doc_id", how="left")
 
     _atomic_save(lambda p: df.to_parquet(p, index=False), rdir / "selection.parquet")
-    (rdir / "selection_args.json").write_text(pd.Series({**asdict(args), "target": str(target), "n_targets": len(targets)}).to_json(indent=1))
+    # The counts the page words its summary from: the Lasso leaves most documents at exactly 0.
+    counts_all = {"n_docs": int(len(doc_ids)), "n_nonzero": int((score != 0).sum()), "n_positive": int((score > 0).sum()),
+                  "n_negative": int((score < 0).sum())}
+    (rdir / "selection_args.json").write_text(pd.Series({**asdict(args), "target": str(target), "n_targets": len(targets),
+                                                         **counts_all}).to_json(indent=1))
     replace_run_rows(ws, "selection", run, df, COLUMNS + ["snippet"])
     if out is not None:
         write_table(df, Path(out))

@@ -113,8 +113,10 @@ def build_config(args: TinyModelArgs, vocab_size: int, eos_id: int):
                       resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=True)
 
 
-def train_lm(model, blocks: np.ndarray, args: TinyModelArgs, progress: bool = True, device: str = "cpu") -> list[float]:
-    """AdamW with warmup + cosine decay on packed blocks (n_blocks, block+1). Returns the loss trace."""
+def train_lm(model, blocks: np.ndarray, args: TinyModelArgs, progress: bool = True, device: str = "cpu",
+             on_progress=None) -> list[float]:
+    """AdamW with warmup + cosine decay on packed blocks (n_blocks, block+1). Returns the loss trace.
+    `on_progress(fraction, message=None, **metrics)` (e.g. progress.Reporter.update) is called every step."""
     import torch
     from tqdm.auto import tqdm
 
@@ -143,6 +145,8 @@ def train_lm(model, blocks: np.ndarray, args: TinyModelArgs, progress: bool = Tr
         trace.append(loss.item())
         if s % 20 == 0:
             bar.set_postfix(loss=f"{np.mean(trace[-20:]):.3f}")
+        if on_progress is not None:
+            on_progress((s + 1) / steps, f"step {s + 1} of {steps}", loss=float(np.mean(trace[-20:])))
     model.eval()
     return trace
 
@@ -163,9 +167,18 @@ def eval_loss(model, token_lists: list[list[int]], eos: int, block: int, device:
     return total / max(count, 1)
 
 
-def train_tiny(ws, corpus: str, out_dir: str | Path, args: TinyModelArgs, progress: bool = True, device: str = "cpu") -> dict:
-    """Train tokenizer + model on `corpus`, save to `out_dir`, return metrics (val loss vs unigram)."""
+# Shares of the progress fraction given to the steps before and after the training loop: small, because the
+# loop is nearly all of the time and the Runs page extrapolates its ETA linearly from the fraction.
+_TOKENIZE_SHARE, _EVAL_SHARE = 0.02, 0.01
+
+
+def train_tiny(ws, corpus: str, out_dir: str | Path, args: TinyModelArgs, progress: bool = True, device: str = "cpu",
+               on_progress=None) -> dict:
+    """Train tokenizer + model on `corpus`, save to `out_dir`, return metrics (val loss vs unigram).
+    `on_progress(fraction, message=None, **metrics)` gets the overall fraction done (0..1)."""
     import torch
+
+    report = on_progress or (lambda *a, **k: None)
 
     from .corpus import load_documents
 
@@ -182,7 +195,9 @@ def train_tiny(ws, corpus: str, out_dir: str | Path, args: TinyModelArgs, progre
         logger.warning("training on the first %d of the %d documents of corpus %r (max_docs=%d); documents beyond them "
                        "are unseen by the model, so they cannot be memorised or traced", len(texts), n_corpus, corpus, args.max_docs)
     train_idx, val_idx = split_docs(len(texts), args.val_fraction, args.seed)
+    report(0.0, f"training the tokenizer on {len(train_idx)} documents")
     tok = train_tokenizer([texts[i] for i in train_idx], args.vocab_size, out_dir)
+    report(_TOKENIZE_SHARE / 2, "tokenizing")
     eos = tok.eos_token_id
     ids = tok(texts, add_special_tokens=False)["input_ids"]
     train_ids = [ids[i] for i in train_idx]
@@ -191,7 +206,10 @@ def train_tiny(ws, corpus: str, out_dir: str | Path, args: TinyModelArgs, progre
     from transformers import GPT2LMHeadModel
 
     model = GPT2LMHeadModel(build_config(args, len(tok), eos))
-    trace = train_lm(model, blocks, args, progress=progress, device=device)
+    span = 1.0 - _TOKENIZE_SHARE - _EVAL_SHARE
+    trace = train_lm(model, blocks, args, progress=progress, device=device,
+                     on_progress=lambda f, message=None, **m: report(_TOKENIZE_SHARE + span * f, message, **m))
+    report(1.0 - _EVAL_SHARE, "validation loss")
     val = eval_loss(model, val_ids, eos, args.block_size, device)
     uni = unigram_loss(train_ids, val_ids, len(tok))
     model.to("cpu").save_pretrained(out_dir, safe_serialization=True)
@@ -202,5 +220,6 @@ def train_tiny(ws, corpus: str, out_dir: str | Path, args: TinyModelArgs, progre
         "seconds": time.time() - t0, "args": asdict(args), "val_doc_ids": docs["doc_id"].iloc[val_idx].tolist(),
     }
     (out_dir / "stride_training.json").write_text(json.dumps(metrics, indent=1))
+    report(1.0, f"validation loss {val:.3f} (unigram {uni:.3f})")
     logger.info("trained tiny model: val loss %.3f vs unigram %.3f in %.0fs", val, uni, metrics["seconds"])
     return metrics

@@ -240,6 +240,12 @@ def test_selection_audit_keep_drop_and_duplicates(audit_ws, tmp_path):
     s = keep["score"].to_numpy()
     assert (np.diff(s) <= 1e-9).all()
     assert len(pd.read_json(out, lines=True)) == len(df)
+    # the counts the Data selection page words its summary from
+    import json
+
+    sargs = json.loads((ws.run_dir("audit") / "selection_args.json").read_text())
+    assert sargs["n_targets"] == 2 and sargs["n_positive"] + sargs["n_negative"] == sargs["n_nonzero"] <= sargs["n_docs"]
+    assert sargs["n_negative"] >= int((df["decision"] == "drop").sum())
     # the near-duplicate guard: a budget covering the whole corpus keeps only one of the two mirrored documents
     full = audit_select(ws, "audit", target, SelectionArgs(budget=153, device="cpu"), progress=False)
     from stride_core.corpus import load_documents

@@ -109,3 +109,127 @@ def test_start_run_in_the_browser_and_read_rankings(browser_ready, pydocs_ws, tm
             jobs.cancel_job(ws, run_name, grace_s=2.0)
         except Exception:
             pass
+
+
+def _shot(page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / name))
+
+
+def test_first_launch_shows_the_model_training_progress(browser_ready, tmp_path):
+    """`stride app` on a fresh workspace: the demo job builds the corpus and trains the built-in model; the Runs
+    page shows that stage by name with a fraction and an ETA (not 'prepare 0%'). The job is cancelled then."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from stride_core import jobs
+    from stride_core.workspace import Workspace
+
+    ws = Workspace(tmp_path / "fresh")
+    port = bh.free_port()
+    base = f"http://127.0.0.1:{port}"
+    app = bh.start_app(ws.root, port, tmp_path / "app.log", ["--demo-preset", "default", "--device", "cpu"])
+    try:
+        bh.wait_healthy(base, app)
+        status_file = ws.run_dir("demo") / "status.json"
+        deadline = time.monotonic() + 300
+        st = {}
+        while time.monotonic() < deadline:  # until the training has made measurable progress (an ETA exists)
+            st = json.loads(status_file.read_text()) if status_file.exists() else {}
+            if st.get("stage") == "train model" and st.get("progress", 0) >= 0.03 or st.get("state") in ("done", "failed"):
+                break
+            time.sleep(1)
+        assert st.get("stage") == "train model", st
+        assert "build corpus" in st["durations"]  # the corpus build was a stage of its own
+        with sync_playwright() as pw:
+            browser = bh.launch_browser(pw)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(30_000)
+            page.goto(f"{base}/runs")
+            bh.wait_idle(page)
+            expect(page.get_by_text(re.compile(r"stage train model — [1-9]\d*%")).first).to_be_visible()
+            eta = page.locator('[data-testid="stMetric"]').filter(has_text="Stage ETA")
+            expect(eta).to_contain_text(re.compile(r"\d+(s|m)"))
+            expect(page.get_by_text(re.compile(r"step \d+ of \d+")).first).to_be_visible()
+            _shot(page, "browser_first_launch_training.png")
+            browser.close()
+    finally:
+        bh.stop_app(app)
+        jobs.cancel_job(ws, "demo", grace_s=2.0)
+
+
+@pytest.fixture
+def small_app(browser_ready, tmp_path):
+    """`stride app` over a workspace with two small corpora, a finished (hand-made) run and a model folder that
+    records training on 20 of the 30 documents of corpus 'tiny'."""
+    from dashboard_fixtures import make_corpus, make_run
+
+    from stride_core.corpus import ImportOptions, import_corpus
+    from stride_core.workspace import Workspace
+
+    ws = Workspace(tmp_path / "ws").ensure()
+    make_corpus(ws, tmp_path, "tiny", n=30)
+    src = tmp_path / "another.jsonl"
+    src.write_text("".join(json.dumps({"text": f"another document {i} with a few words"}) + "\n" for i in range(12)))
+    import_corpus(ws, src, "another", ImportOptions())
+    make_run(ws, "r-done", "done", attributions=True, audits=True)
+    model = tmp_path / "m-tiny"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 2}))
+    (model / "model.safetensors").write_bytes(b"")  # validated by the Setup page, never loaded here
+    (model / "stride_training.json").write_text(json.dumps({"corpus": "tiny", "n_used_docs": 20, "n_corpus_docs": 30}))
+    port = bh.free_port()
+    app = bh.start_app(ws.root, port, tmp_path / "app.log", ["--no-demo"])
+    base = f"http://127.0.0.1:{port}"
+    try:
+        bh.wait_healthy(base, app)
+        yield base, ws, model
+    finally:
+        bh.stop_app(app)
+
+
+def test_setup_pairing_warning_and_corpus_default_in_the_browser(small_app):
+    from playwright.sync_api import expect, sync_playwright
+
+    base, _ws, model = small_app
+    with sync_playwright() as pw:
+        browser = bh.launch_browser(pw)
+        page = browser.new_page(viewport={"width": 1400, "height": 1400})
+        page.set_default_timeout(30_000)
+        page.goto(base)
+        bh.wait_idle(page)
+        page.get_by_text("Local Hugging Face folder").click()
+        box = page.get_by_role("textbox", name="Model folder")
+        box.fill(str(model))
+        box.press("Enter")
+        bh.wait_idle(page)
+        expect(page.get_by_text("trained on corpus tiny (20 documents)", exact=False)).to_be_visible()
+        expect(page.get_by_role("combobox", name="Corpus")).to_have_value(re.compile(r"^tiny — 30 documents"))
+        warning = page.get_by_text("trained on only the first 20 of the 30 documents of corpus 'tiny'", exact=False)
+        expect(warning).to_be_visible()
+        warning.scroll_into_view_if_needed()
+        _shot(page, "browser_setup_pairing.png")
+        browser.close()
+
+
+def test_audit_paste_shows_the_item_count_in_the_browser(small_app):
+    from playwright.sync_api import expect, sync_playwright
+
+    base, _ws, _model = small_app
+    with sync_playwright() as pw:
+        browser = bh.launch_browser(pw)
+        page = browser.new_page(viewport={"width": 1400, "height": 1400})
+        page.set_default_timeout(30_000)
+        page.goto(f"{base}/contamination")
+        bh.wait_idle(page)
+        page.get_by_text("Run a contamination audit").click()
+        area = page.get_by_role("textbox", name=re.compile("paste benchmark items, separated by a blank line"))
+        area.fill("First copied document, line one\nline two of the same document\n\n"
+                  "Second document\nwith two lines\n\nA single sentence.")
+        area.press("Control+Enter")
+        bh.wait_idle(page)
+        expect(page.get_by_text("3 item(s) parsed, separated by a blank line (auto-detected)", exact=False)).to_be_visible()
+        page.get_by_role("radiogroup", name="Pasted text is").get_by_text("One per line", exact=True).click()
+        bh.wait_idle(page)
+        expect(page.get_by_text("5 item(s) parsed, one per line", exact=False)).to_be_visible()
+        _shot(page, "browser_audit_paste.png")
+        browser.close()

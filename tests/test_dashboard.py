@@ -75,7 +75,9 @@ def test_every_page_on_an_empty_workspace(tmp_path, monkeypatch, exists):
 def test_setup_page_validates_inputs(populated, tmp_path):
     ws, _ = populated
     at = open_page("views/setup.py")
-    assert by_label(at.selectbox, "Corpus").value == "tiny"
+    assert by_label(at.selectbox, "Corpus").value == "pydocs"  # the built-in model's corpus (built by the job)
+    by_label(at.selectbox, "Corpus").set_value("tiny").run()
+    assert "trained on corpus 'pydocs', not on 'tiny'" in texts(at.warning)
     shards = by_label(at.multiselect, "Shards to index")
     assert shards.value == [0, 1, 2] and "10 docs" in shards.format_func(0)
     assert [m.value for m in at.metric][:3:2] == ["30", "3"]
@@ -83,9 +85,12 @@ def test_setup_page_validates_inputs(populated, tmp_path):
     # Document browser: parameterised search, including LIKE wildcards taken literally.
     at.text_input(key="doc_search").input("document 17 ABOUT").run()
     assert "1 matching document(s)" in texts(at.caption)
+    # the full text in the page (wrapped, scrollable, escaped), not only in the table's cell overlay
+    assert at.selectbox(key="doc_full_tiny").value == 17
+    assert "Document 17 about the" in texts(at.markdown) and "&lt;script&gt;alert" in texts(at.markdown)
     at.text_input(key="doc_search").input("100%_").run()
     assert "0 matching document(s)" in texts(at.caption)
-    shards.set_value([1]).run()
+    by_label(at.multiselect, "Shards to index").set_value([1]).run()
     at.text_input(key="doc_search").input("").run()
     assert "10 matching document(s)" in texts(at.caption)
 
@@ -120,6 +125,8 @@ def test_start_button_launches_a_job_and_opens_runs(populated, tmp_path, monkeyp
     at.radio(key="model_kind").set_value("local").run()
     at.text_input(key="model_path").input(str(model)).run()
     assert "looks valid" in texts(at.success)
+    by_label(at.selectbox, "Corpus").set_value("tiny").run()  # the folder records no training corpus: chosen by hand
+    assert "do not match" not in texts(at.warning)
     by_label(at.multiselect, "Shards to index").set_value([0, 2]).run()
     at.text_input(key="run_name").input("from-ui").run()
     at.radio(key="preset_choice").set_value("custom").run()
@@ -212,7 +219,7 @@ def test_audit_pages(populated):
 
     at = open_page("views/selection.py")
     vals = {m.label: m.value for m in at.metric}
-    assert vals == {"Documents scored": "30", "Keep": "20", "Drop": "10"}
+    assert vals == {"Documents listed": "30", "Keep": "20", "Drop": "10"}
     at.multiselect(key="selection_filter").set_value(["drop"]).run()
     assert set(at.dataframe[0].value["decision"]) == {"drop"}
 
@@ -313,3 +320,174 @@ def test_influence_page_generic_view_and_truncated_prompt(populated):
     assert "line-through" in texts(at.markdown) and "max_tokens" in texts(at.warning)
     by_label(at.selectbox, "Prompt").set_value("q01").run()  # not truncated: no warning
     assert "max_tokens" not in texts(at.warning)
+
+
+PASTE = ("First copied document, line one\nline two of the same document\n\n"
+         "Second document\nwith two lines\n\nA single sentence.")
+
+
+def test_audit_paste_counts_blank_line_items_and_jsonl(populated, monkeypatch):
+    started = {}
+    monkeypatch.setattr(jobs, "start_audit_job", lambda ws, run, kind, text, **kw: started.update(run=run, kind=kind, text=text, **kw))
+    at = open_page("views/contamination.py")
+    at.text_area(key="contamination_paste").set_value(PASTE).run()
+    assert "**3 item(s)** parsed, separated by a blank line (auto-detected)" in texts(at.caption)
+    at.radio(key="contamination_paste_mode").set_value("lines").run()
+    assert "**5 item(s)** parsed, one per line." in texts(at.caption)
+    at.radio(key="contamination_paste_mode").set_value("auto").run()
+    at.button(key="contamination_start").click().run()
+    assert not at.exception and started["kind"] == "contamination" and started["filename"] == "items.jsonl"
+    rows = [json.loads(line) for line in started["text"].splitlines()]
+    assert [r["text"] for r in rows] == ["First copied document, line one\nline two of the same document",
+                                         "Second document\nwith two lines", "A single sentence."]
+
+    at = open_page("views/selection.py")
+    at.text_area(key="select_paste").set_value('{"item_id": "t1", "text": "a target"}\n{"item_id": "t2", "text": "b"}').run()
+    assert "**2 item(s)** parsed, JSONL (one JSON object per line) (auto-detected)" in texts(at.caption)
+    at.text_area(key="select_paste").set_value('{"item_id": "t1", "text": "a"}\n{"item_id": "t1", "text": "b"}').run()
+    assert "duplicate item_id" in texts(at.error)
+
+
+def test_parse_pasted_modes():
+    from stride_core.errors import InputError
+    from stride_core.items import detect_paste_mode, parse_pasted
+
+    assert detect_paste_mode('{"text": "a"}\n\n{"text": "b"}') == "jsonl"
+    assert detect_paste_mode('{"text": "a"}\nplain') == "blank"
+    mode, items, _ = parse_pasted("a\n  \n\n\nb\nc\n", "auto")
+    assert mode == "blank" and [i.text for i in items] == ["a", "b\nc"]
+    assert len(parse_pasted("a\nb", "lines")[1]) == 2
+    with pytest.raises(InputError, match="corrupt JSON"):
+        parse_pasted("{not json", "jsonl")
+    with pytest.raises(InputError, match="unknown paste mode"):
+        parse_pasted("a", "csv")
+
+
+def test_evidence_label_names_the_pair_shown(populated):
+    import pandas as pd
+
+    ws, _ = populated
+    at = open_page("views/contamination.py")
+    box = at.selectbox(key="contam_pair_r-done")
+    box.set_value("item_id q01 · doc_id 4").run()
+    assert "logging" in texts(at.markdown)
+    # Re-running the audit writes another report: the label kept must still name the pair whose text is shown.
+    p = ws.run_dir("r-done") / "contamination.parquet"
+    pd.DataFrame([dict(item_id="q09", doc_id=7, overlap_score=0.9, influence_score=0.9, combined_score=2.0,
+                       evidence="NEW EVIDENCE q09", leaked=True),
+                  dict(item_id="q01", doc_id=4, overlap_score=0.1, influence_score=0.05, combined_score=0.1,
+                       evidence="OLD PAIR q01 doc 4", leaked=False)]).to_parquet(p, index=False)
+    at.run()
+    box = at.selectbox(key="contam_pair_r-done")
+    assert box.value == "item_id q01 · doc_id 4" and "OLD PAIR q01 doc 4" in texts(at.markdown)
+    assert "NEW EVIDENCE" not in texts(at.markdown)
+    at.toggle(key="contam_only_leaked").set_value(True).run()  # q01 is not flagged: the selection moves, with its text
+    box = at.selectbox(key="contam_pair_r-done")
+    assert box.value == "item_id q09 · doc_id 7" and "NEW EVIDENCE q09" in texts(at.markdown)
+
+
+def test_runs_page_shows_cli_runs_preset_prompts_and_total_duration(populated):
+    from stride_core.progress import read_status, write_status
+
+    ws, _ = populated
+    d = make_run(ws, "r-cli", "done", attributions=True)  # args.json + status.json only, as the CLI leaves them
+    st = read_status(d)
+    st.durations = {"load model": 10.0, "cache activations": 260.0, "train operators": 300.0, "indexed": 0.0,
+                    "attribute": 100.0, "attributed": 0.0}
+    st.info = {"preset": "ci", "n_prompts": 3}
+    write_status(d, st)
+    at = open_page("views/runs.py")
+    hist = at.dataframe[0].value.set_index("run")
+    assert hist.loc["r-cli", "preset"] == "ci" and int(hist.loc["r-cli", "prompts"]) == 3
+    assert hist.loc["r-cli", "duration"] == "11m 10s"
+    assert list(hist.columns)[:2] == ["state", "results"]  # results next to the state: never cut off at the right
+    at.selectbox(key="runs_pick").set_value("r-cli").run()
+    assert "finished in 11m 10s (index 9m 30s, attribute 1m 40s)" in texts(at.success)
+
+
+def _trained_model(path, corpus, used, total):
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 2}))
+    (path / "model.safetensors").write_bytes(b"")  # only validated, never loaded
+    (path / "stride_training.json").write_text(json.dumps({"corpus": corpus, "n_used_docs": used, "n_corpus_docs": total}))
+    return path
+
+
+def test_setup_defaults_the_corpus_to_the_models_and_warns_on_a_partial_model(populated, tmp_path):
+    from stride_core.corpus import ImportOptions, import_corpus
+
+    ws, _ = populated
+    src = tmp_path / "other.jsonl"
+    src.write_text("".join(json.dumps({"text": f"other document number {i} with some words"}) + "\n" for i in range(12)))
+    import_corpus(ws, src, "another", ImportOptions())
+    model = _trained_model(tmp_path / "m-tiny", "tiny", 20, 30)
+    at = open_page("views/setup.py")
+    at.radio(key="model_kind").set_value("local").run()
+    at.text_input(key="model_path").input(str(model)).run()
+    assert "trained on corpus `tiny` (20 documents)" in texts(at.success)
+    assert by_label(at.selectbox, "Corpus").value == "tiny"  # not the alphabetically first corpus ("another")
+    assert "trained on only the first 20 of the 30 documents of corpus 'tiny'" in texts(at.warning)
+    by_label(at.selectbox, "Corpus").set_value("another").run()
+    assert "trained on corpus 'tiny', not on 'another'" in texts(at.warning)
+    assert not by_label(at.button, "Start run").disabled  # a warning, not a refusal
+
+
+def test_runs_page_shows_the_pairing_warning_of_a_run(populated):
+    ws, _ = populated
+    d = ws.run_dir("r-done")
+    prov = json.loads((d / "provenance.json").read_text())
+    prov["pairing_warnings"] = ["the model was trained on corpus 'pydocs', not on 'tiny' that is being indexed"]
+    (d / "provenance.json").write_text(json.dumps(prov))
+    at = open_page("views/runs.py")
+    at.selectbox(key="runs_pick").set_value("r-done").run()
+    assert "not on 'tiny' that is being indexed" in texts(at.warning)
+
+
+def test_selection_page_words_counts_from_the_measurements(populated):
+    import pandas as pd
+
+    ws, _ = populated
+    d = ws.run_dir("r-done")
+    rows = [dict(doc_id=i, decision="keep", rank=i + 1, score=0.3 if i < 2 else 0.0, matched_score=0.1 - i / 100,
+                 n_targets_helped=3 if i == 0 else (1 if i == 1 else 0), n_targets_hurt=0, duplicate_of=None) for i in range(5)]
+    rows += [dict(doc_id=10, decision="drop", rank=1, score=-0.2, matched_score=-0.1, n_targets_helped=0, n_targets_hurt=3,
+                  duplicate_of=None),
+             dict(doc_id=11, decision="drop", rank=2, score=-0.01, matched_score=0.0, n_targets_helped=1, n_targets_hurt=1,
+                  duplicate_of=None)]
+    pd.DataFrame(rows).to_parquet(d / "selection.parquet", index=False)
+    (d / "selection_args.json").write_text(json.dumps({"budget": 5, "n_targets": 3, "n_docs": 30, "n_nonzero": 4,
+                                                       "n_positive": 2, "n_negative": 2}))
+    at = open_page("views/selection.py")
+    md = texts(at.markdown)
+    assert "**4 of 30** documents have a non-zero influence score on the 3 target(s) (2 positive, 2 negative)" in md
+    assert "ordered by that score, then by `matched_score`" in md
+    assert "**3 of the 5 kept documents have score 0**" in md
+    assert "1 document(s) hurt 3 of 3 target(s), 1 document(s) hurt 1 of 3 target(s)" in md
+    table = at.dataframe[0].value
+    assert list(table.columns)[:3] == ["doc_id", "decision", "why"]
+    table = table.set_index("doc_id")
+    assert table.loc[11, "why"] == "hurts 1 of 3 target(s), helps 1" and table.loc[10, "why"] == "hurts 3 of 3 target(s)"
+    assert table.loc[4, "why"] == "score 0: kept by matched_score" and table.loc[0, "why"] == "helps 3 of 3 target(s)"
+    assert "consistently" not in md + texts(at.caption)
+
+
+def test_influence_explorer_strikes_out_the_unused_part_of_a_truncated_prompt(populated):
+    from dashboard_fixtures import attributions_frame
+
+    ws, _ = populated
+    d = make_run(ws, "r-cut", "done")
+    df = attributions_frame()
+    long = df["prompt"] == df.loc[df["query_id"] == "q00", "prompt"].iloc[0]
+    df["prompt_used"] = df["prompt"]
+    df["truncated"] = False
+    df.loc[long, "prompt_used"] = " a JSON string, you can call"  # the end the model saw (decoded tokens)
+    df.loc[long, "truncated"] = True
+    df.to_parquet(d / "attributions.parquet", index=False)
+    at = open_page("views/influence.py")
+    by_label(at.selectbox, "Run").set_value("r-cut").run()
+    md = texts(at.markdown)
+    assert ("<span style='color:#9e9e9e;text-decoration:line-through'>To serialize a Python dictionary as </span>"
+            "<b>a JSON string, you can call</b>") in md
+    assert "`max_tokens`" in texts(at.warning) and "stride index --max-tokens" in texts(at.warning)
+    by_label(at.selectbox, "Prompt").set_value("q01").run()  # an uncut prompt: all bold, nothing struck out
+    assert "line-through" not in texts(at.markdown) and "max_tokens" not in texts(at.warning)

@@ -136,6 +136,11 @@ def test_start_job_rejects_bad_input(ws, monkeypatch):
 def test_stage_eta():
     assert jobs.stage_eta(0.5, 10.0) == pytest.approx(10.0)
     assert jobs.stage_eta(0.0, 10.0) is None and jobs.stage_eta(1.0, 10.0) is None
+    # a stage that spent 30 s before its loop (at 2%), then went 2% -> 50% in 20 s: 20 s left, not 50 s
+    st = RunStatus(run="r", state="running", progress=0.5, stage_started_at=100.0, progress_anchor=[130.0, 0.02])
+    assert jobs.status_eta(st, 150.0) == pytest.approx(0.5 / (0.48 / 20.0))
+    st.progress_anchor = [149.0, 0.499]  # not moved 1% past the anchor yet: linear from the stage start
+    assert jobs.status_eta(st, 150.0) == pytest.approx(50.0)
 
 
 def test_job_builds_the_default_corpus_first(ws, monkeypatch):
@@ -167,3 +172,102 @@ def test_sample_prompts_missing_outside_a_checkout_is_a_clear_error(tmp_path, mo
     monkeypatch.setattr(demo, "__file__", str(tmp_path / "site-packages" / "stride_core" / "demo.py"))
     with pytest.raises(StrideError, match="pip install -e"):
         jobs.sample_prompts_path()
+
+
+def test_cli_runs_total_duration_preset_and_prompts_across_commands(ws, monkeypatch):
+    """`stride index` then `stride attribute` (two processes, two Reporters): the run's duration is the sum of
+    both, and the preset / prompt count the CLI noted are shown although there is no job.json."""
+    from stride_core import progress
+
+    run_dir = ws.run_dir("cli-run")
+    clock = [1000.0]
+    monkeypatch.setattr(progress.time, "time", lambda: clock[0])
+    monkeypatch.setattr(progress, "_PROCESS_INFO", {})
+    progress.set_process_info(preset="ci")
+    rep = progress.Reporter(run_dir, "cli-run", min_interval=0)  # `stride index`
+    rep.stage("cache activations")
+    clock[0] += 300
+    rep.stage("train operators")
+    clock[0] += 270
+    rep.stage("indexed")
+    rep.finish("done")
+    clock[0] += 3600  # an hour later: `stride attribute` (no --preset option)
+    monkeypatch.setattr(progress, "_PROCESS_INFO", {})
+    progress.set_process_info(preset=None, n_prompts=10)
+    rep = progress.Reporter(run_dir, "cli-run", min_interval=0)
+    rep.stage("attribute")
+    clock[0] += 100
+    rep.stage("attributed")
+    rep.finish("done")
+    st = read_status(run_dir)
+    assert st.info == {"preset": "ci", "n_prompts": 10}
+    assert progress.total_seconds(st) == pytest.approx(670.0)
+    info = jobs.run_info(ws, "cli-run")
+    assert info["preset"] == "ci" and info["n_prompts"] == 10
+    assert info["total_s"] == pytest.approx(670.0) and info["elapsed_s"] == pytest.approx(100.0)
+    assert info["phases"] == pytest.approx({"index": 570.0, "attribute": 100.0})
+
+
+def test_old_status_files_without_durations_still_read(ws):
+    d = ws.run_dir("old")
+    d.mkdir(parents=True)
+    (d / "status.json").write_text(json.dumps({"run": "old", "state": "done", "started_at": 100.0, "updated_at": 160.0,
+                                               "stage_started_at": 150.0}))
+    info = jobs.run_info(ws, "old")
+    assert info["total_s"] == pytest.approx(60.0) and info["preset"] is None
+
+
+def test_job_reports_a_stage_fraction_and_eta_while_preparing(ws, monkeypatch):
+    """First launch: building the corpus and training the built-in model are stages with a fraction (so the
+    Runs page has an ETA), not one 'prepare 0%' for ten minutes; their time counts in the run's duration."""
+    import stride_core.demo as demo
+    import stride_core.pydocs as pydocs
+
+    seen = {}
+
+    def fake_build(ws_, name="pydocs", replace=False, on_progress=None):
+        time.sleep(1.05)  # past the Reporter's write throttle
+        on_progress(0.4, "reading docstrings: 40 of 100 stdlib files")
+        seen["build"] = read_status(ws.run_dir("first"))
+
+    def fake_train(ws_, preset, device="cpu", progress=True, on_progress=None):
+        time.sleep(1.05)
+        on_progress(0.5, "step 50 of 100", loss=2.5)
+        seen["train"] = jobs.run_info(ws, "first")
+
+    monkeypatch.setattr(pydocs, "build_default_corpus", fake_build)
+    monkeypatch.setattr(demo, "ensure_default_model", fake_train)
+    d = ws.run_dir("first")
+    d.mkdir(parents=True)
+    write_status(d, RunStatus(run="first", state="queued", stage="queued"))
+    engine = fake_command("done")(ws, "first", "pydocs", "/m", None, "ci")
+    rc = jobs._exec_main(["--workspace", str(ws.root), "--run", "first", "--ensure-model", "ci", "--", *engine])
+    assert rc == 0
+    assert seen["build"].stage == "build corpus" and seen["build"].progress == pytest.approx(0.4)
+    train = seen["train"]
+    assert train["stage"] == "train model" and train["progress"] == pytest.approx(0.5)
+    assert train["message"] == "step 50 of 100" and train["metrics"] == {"loss": 2.5}
+    assert train["eta_s"] is not None and train["eta_s"] > 0  # the Runs page's "Stage ETA"
+    assert train["state"] == "running" and train["phases"].get("prepare", 0) >= 0
+    final = jobs.run_info(ws, "first")
+    assert final["state"] == "done"
+    assert {"build corpus", "train model", "attribute"} <= set(final["durations"])  # the engine closed the wrapper's stage
+    assert set(final["phases"]) == {"prepare", "attribute"}
+
+
+def test_train_tiny_reports_progress(ws, tmp_path):
+    """tiny_model.train_tiny / train_lm call on_progress with the overall fraction, a step message and the loss."""
+    from dashboard_fixtures import make_corpus
+    from stride_core.tiny_model import TinyModelArgs, train_tiny
+
+    make_corpus(ws, tmp_path, "tiny", n=30)
+    calls = []
+    args = TinyModelArgs(vocab_size=300, n_layer=1, n_embd=16, n_head=2, block_size=16, epochs=1.0, batch_size=8,
+                         val_fraction=0.1)
+    m = train_tiny(ws, "tiny", tmp_path / "m", args, progress=False,
+                   on_progress=lambda f, message=None, **metrics: calls.append((f, message, metrics)))
+    fractions = [c[0] for c in calls]
+    assert fractions == sorted(fractions) and fractions[0] == 0.0 and fractions[-1] == pytest.approx(1.0)
+    steps = [c for c in calls if c[1] and c[1].startswith("step ")]
+    assert steps and all("loss" in c[2] for c in steps) and steps[-1][1].endswith(f"of {len(steps)}")
+    assert m["corpus"] == "tiny" and m["n_used_docs"] == 30

@@ -185,6 +185,10 @@ def test_preset_K_is_scaled_to_a_small_corpus(small, tmp_path):
     assert rc in (0, None)
     args = json.loads((ws.run_dir("tinyk") / "args.json").read_text())["index"]
     assert args["subsets"]["K"] == 30 and args["subsets"]["S"] == 4
+    from stride_core import jobs
+
+    info = jobs.run_info(ws, "tinyk")  # a CLI run: the preset the command had is shown, and its working time
+    assert info["preset"] == "ci" and info["phases"].get("index", 0) > 0
     # the same command again resolves to the same arguments: the finished run is reused, nothing raises
     assert cli.main(["--workspace", str(ws.root), "--no-progress", "index", "--corpus", "tiny50", "--model", str(model_dir),
                      "--run", "tinyk", "--preset", "ci", "--steps", "3", "--device", "cpu"]) in (0, None)

@@ -20,7 +20,8 @@ def _stride(*args, ws):
 
 def _one_error_line(res, *fragments):
     assert res.returncode == 2, (res.returncode, res.stderr)
-    lines = [line for line in res.stderr.strip().splitlines() if " INFO " not in line and "Loading weights" not in line]
+    lines = [line for line in res.stderr.strip().splitlines() if " INFO " not in line and "Loading weights" not in line
+             and "model/corpus pairing:" not in line and line.strip()]  # a warning about the model is no error line
     assert len(lines) == 1 and lines[0].startswith("error:") and "unexpected" not in lines[0], res.stderr
     for f in fragments:
         assert f in lines[0], (f, lines[0])

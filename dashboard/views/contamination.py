@@ -74,9 +74,15 @@ with common.guard("the Contamination page"):
     if {"overlap_score", "influence_score"} <= set(df.columns):
         st.plotly_chart(figures.contamination_scatter(df), key="contamination_scatter")
     if "evidence" in view.columns and len(view):
-        idx = st.selectbox("Evidence of pair", list(range(min(len(view), 200))), key="contam_pair",
-                           format_func=lambda i: " · ".join(f"{c} {view.iloc[i][c]}" for c in ("item_id", "doc_id") if c in view.columns))
-        common.html_block(html.escape(str(view.iloc[idx]["evidence"])), max_height=240)
+        # The options are the pair labels themselves (not row positions): a position kept across a run switch or
+        # a new report would show the old pair's label over another pair's text.
+        head = view.head(200)
+        labels = {}
+        for pos in range(len(head)):
+            name = " · ".join(f"{c} {head.iloc[pos][c]}" for c in ("item_id", "doc_id") if c in head.columns) or f"row {pos + 1}"
+            labels.setdefault(name if name not in labels else f"{name} ({pos + 1})", pos)
+        pair = st.selectbox("Evidence of pair", list(labels), key=f"contam_pair_{r['run']}")
+        common.html_block(html.escape(str(head.iloc[labels[pair]]["evidence"])), max_height=240)
     c1, c2 = st.columns(2)
     c1.download_button("Download all pairs (CSV)", queries.to_csv_bytes(df), file_name=f"{r['run']}_contamination.csv",
                        mime="text/csv", key="dl_contamination")

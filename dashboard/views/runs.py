@@ -39,7 +39,7 @@ def _live_card(r: dict) -> None:
         stage = r.get("stage") or "starting"
         st.progress(min(max(pct, 0.0), 1.0), text=f"stage **{stage}** — {pct:.0%}" + (f" · {r['message']}" if r.get("message") else ""))
         c1, c2, c3 = st.columns(3)
-        c1.metric("Elapsed", common.fmt_duration(r.get("elapsed_s")))
+        c1.metric("Elapsed", common.fmt_duration(r.get("total_s", r.get("elapsed_s"))))
         c2.metric("In this stage", common.fmt_duration(r.get("stage_elapsed_s")))
         c3.metric("Stage ETA", common.fmt_duration(r.get("eta_s")),
                   help="Extrapolated from the current stage's progress; later stages are not included.")
@@ -75,23 +75,27 @@ with common.guard("the Runs page"):
         st.fragment(live_section, run_every=REFRESH_S)(active)
 
     st.subheader("History")
+    # Nine columns that fit a laptop-wide page (the live card above has the stage and progress bar, the
+    # details below the device and provenance); results right after the state, so they are never cut off.
     table = pd.DataFrame([{
         "run": r["run"],
-        "state": common.state_label(r["state"]),
-        "stage": r.get("stage") or "",
-        "progress": float(r.get("progress") or 0.0),
+        "state": common.state_label(r["state"]) + (f" · {r['stage']}" if r.get("stage") and r["state"] != "done" else ""),
+        "results": ", ".join(k for k, v in r["results"].items() if v) or "–",
         "corpus": r.get("corpus"),
         "model": Path(str(r["model"])).name if r.get("model") else None,
         "preset": r.get("preset"),
-        "device": r.get("device"),
         "prompts": r.get("n_prompts"),
-        "started": common.fmt_time(r.get("started_at")),
-        "duration": common.fmt_duration(r.get("elapsed_s")),
-        "results": ", ".join(k for k, v in r["results"].items() if v) or "–",
+        "duration": common.fmt_duration(r.get("total_s", r.get("elapsed_s"))),
+        "started": common.fmt_time(r.get("started_at"), short=True),
     } for r in runs])
-    st.dataframe(table, hide_index=True, key="history",
-                 column_config={"progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0,
-                                                                            format="percent")})
+    st.dataframe(table, hide_index=True, key="history", width="stretch",
+                 column_config={"results": st.column_config.TextColumn("results", width="medium",
+                                                                       help="Result files the run has written."),
+                                "duration": st.column_config.TextColumn("duration", width="small",
+                                                                        help="Total working time: index + attribute, "
+                                                                             "also when run by separate commands."),
+                                "prompts": st.column_config.NumberColumn("prompts", width="small"),
+                                "preset": st.column_config.TextColumn("preset", width="small")})
 
     st.subheader("Details")
     r = common.pick_run(runs, key="runs_pick")
@@ -101,7 +105,10 @@ with common.guard("the Runs page"):
     elif r["state"] == "cancelled":
         st.warning(f"Run **{r['run']}** was cancelled" + (f" during stage `{r['stage']}`." if r.get("stage") else "."))
     elif r["state"] == "done":
-        st.success(f"Run **{r['run']}** finished in {common.fmt_duration(r.get('elapsed_s'))}.")
+        phases = r.get("phases") or {}
+        parts = ", ".join(f"{p} {common.fmt_duration(phases[p])}" for p in ("prepare", "index", "attribute") if p in phases)
+        st.success(f"Run **{r['run']}** finished in {common.fmt_duration(r.get('total_s', r.get('elapsed_s')))}"
+                   + (f" ({parts})" if len(phases) > 1 else "") + ".")
         if r["results"].get("attributions") and st.button("Open in the Influence explorer", key="open_influence"):
             st.session_state["selected_run"] = r["run"]
             st.switch_page(common.PAGE_INFLUENCE)
@@ -109,6 +116,9 @@ with common.guard("the Runs page"):
         st.info(f"Run **{r['run']}** is {r['state']} (stage {r.get('stage') or '–'}, {float(r.get('progress') or 0):.0%}).")
     else:
         st.info(f"Run **{r['run']}** has no status file; it may have been started by another tool.")
+
+    for w in r.get("pairing_warnings") or []:
+        st.warning(f"Model and corpus do not match: {w}.", icon=":material/link_off:")
 
     c1, c2 = st.columns(2)
     with c1.expander("Arguments", expanded=False):

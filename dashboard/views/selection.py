@@ -11,9 +11,23 @@ from stride_core import jobs
 ws = common.workspace()
 root = str(ws.root)
 st.title("Data selection")
-st.caption("Suggestions for curating the training corpus: documents that consistently **hurt** the target prompts "
-           "are candidates to drop, documents that help them are kept. The decision is a suggestion to review, not "
-           "an automatic filter.")
+st.caption("Suggestions for curating the training corpus: the documents that help the target examples most are "
+           "kept (up to the budget, near-duplicates skipped); documents whose net influence on the targets is "
+           "negative are candidates to drop, each with the number of targets it hurts. The decision is a suggestion "
+           "to review, not an automatic filter.")
+
+
+def _why(row, n_targets) -> str:
+    """A row's decision in words, from its measured counts (never 'consistently' when it is 1 of 3)."""
+    of = f" of {n_targets}" if n_targets else ""
+    helped, hurt = int(row.get("n_targets_helped") or 0), int(row.get("n_targets_hurt") or 0)
+    if row.get("decision") == "duplicate":
+        return f"near-duplicate of doc {row.get('duplicate_of')}"
+    if row.get("decision") == "drop":
+        return f"hurts {hurt}{of} target(s)" + (f", helps {helped}" if helped else "")
+    if not row.get("score"):
+        return "score 0: kept by matched_score"
+    return f"helps {helped}{of} target(s)" + (f", hurts {hurt}" if hurt else "")
 
 EXPLAIN = """The data-selection audit has not been run for **{run}** yet. When it has, this page shows every scored
 document with its `score` and a `decision` (`keep` / `drop`), a histogram of scores by decision, and exports of
@@ -35,10 +49,34 @@ with common.guard("the Data selection page"):
             st.info("The selection file of this run has no rows.")
             st.stop()
         counts = df["decision"].value_counts() if "decision" in df.columns else {}
+        args_path = p.with_name("selection_args.json")
+        sargs = queries.read_json_file(str(args_path), queries.file_version(args_path))
+        n_targets = sargs.get("n_targets")
         c1, c2, c3 = st.columns(3)
-        c1.metric("Documents scored", len(df))
+        c1.metric("Documents listed", len(df), help="Kept, dropped and near-duplicate documents; the others are neither.")
         c2.metric("Keep", int(counts.get("keep", 0)))
         c3.metric("Drop", int(counts.get("drop", 0)))
+        if "score" in df.columns and "decision" in df.columns:
+            keep = df[df["decision"] == "keep"]
+            zero_kept = int((keep["score"] == 0).sum())
+            if sargs.get("n_nonzero") is not None:
+                lead = (f"**{int(sargs['n_nonzero']):,} of {int(sargs['n_docs']):,}** documents have a non-zero influence "
+                        f"score on the {n_targets} target(s) ({int(sargs.get('n_positive', 0)):,} positive, "
+                        f"{int(sargs.get('n_negative', 0)):,} negative): the sparse (Lasso) recovery leaves the rest at 0.")
+            else:  # a report written before the audit recorded its counts
+                lead = f"{int((df['score'] != 0).sum()):,} of the listed documents have a non-zero influence score."
+            st.markdown(lead + " The keep-list is ordered by that score, then by `matched_score` (the dense "
+                        "matched-filter statistic: how much the targets' loss drops in the subsets holding the document), "
+                        "which orders the documents at score 0."
+                        + (f" **{zero_kept} of the {len(keep)} kept documents have score 0** and were kept by "
+                           f"`matched_score` alone." if zero_kept else ""))
+        if {"n_targets_hurt", "decision"} <= set(df.columns):
+            df = df.assign(why=[_why(r, n_targets) for r in df.to_dict("records")])
+            drop = df[df["decision"] == "drop"]
+            if len(drop) and n_targets:
+                by_hurt = drop["n_targets_hurt"].value_counts().sort_index(ascending=False)
+                st.markdown("Drop-list: " + ", ".join(f"{int(v)} document(s) hurt {int(k)} of {n_targets} target(s)"
+                                                      for k, v in by_hurt.items()) + ".")
         if "score" in df.columns:
             st.plotly_chart(figures.selection_histogram(df), key="selection_hist")
         decisions = sorted(df["decision"].dropna().unique()) if "decision" in df.columns else []
@@ -46,7 +84,12 @@ with common.guard("the Data selection page"):
         view = df[df["decision"].isin(pick)] if decisions else df
         if "score" in view.columns:
             view = view.sort_values("score")
-        st.dataframe(view, hide_index=True, key="selection_table")
+        if "why" in view.columns:  # the words beside the decision, not off to the right of the metadata
+            view = view[["doc_id", "decision", "why", *[c for c in view.columns if c not in ("doc_id", "decision", "why")]]]
+        st.dataframe(view, hide_index=True, key="selection_table",
+                     column_config={"why": st.column_config.TextColumn("why", width="medium",
+                                                                       help="From the measured counts: of how many "
+                                                                            "targets the document helps or hurts.")})
         c1, c2, c3 = st.columns(3)
         c1.download_button("Download all (CSV)", queries.to_csv_bytes(df), file_name=f"{r['run']}_selection.csv",
                            mime="text/csv", key="dl_selection")

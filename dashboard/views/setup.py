@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import shlex
 
 import streamlit as st
@@ -10,7 +11,7 @@ from dashboard import common, figures, queries
 from stride_core import jobs
 from stride_core.demo import default_model_dir
 from stride_core.errors import StrideError
-from stride_core.models import check_model_dir
+from stride_core.models import check_model_dir, pairing_warnings, training_record
 from stride_core.workspace import validate_name
 
 PAGE_SIZE = 20
@@ -66,6 +67,7 @@ with common.guard("the model section"):
                     format_func=lambda k: {"builtin": "Built-in tiny model (trained on pydocs)",
                                            "local": "Local Hugging Face folder"}[k])
     model_path = None
+    trained_on = "pydocs" if kind == "builtin" else None  # the corpus the chosen model was trained on, when known
     if kind == "local":
         raw = st.text_input("Model folder", key="model_path", placeholder="/path/to/hf-model",
                             help="A local folder with config.json, tokenizer files and *.safetensors weights. Nothing "
@@ -77,8 +79,12 @@ with common.guard("the model section"):
             try:
                 cfg = check_model_dir(raw.strip())
                 model_path = raw.strip()
+                record = training_record(model_path)
+                trained_on = record["corpus"] if record else None
                 st.success(f"Model folder looks valid: `{cfg.get('model_type', '?')}`, "
-                           f"{cfg.get('num_hidden_layers') or cfg.get('n_layer') or '?'} layers.")
+                           f"{cfg.get('num_hidden_layers') or cfg.get('n_layer') or '?'} layers"
+                           + (f", trained on corpus `{trained_on}` ({int(record.get('n_used_docs') or 0):,} documents)."
+                              if record else "."))
             except StrideError as exc:
                 st.error(f"Invalid model folder: {exc}")
                 problems.append("the model folder is invalid")
@@ -93,14 +99,21 @@ with common.guard("the corpus section"):
     names = list(cdf["name"])
     builds_default = "pydocs" not in names
     options = names + (["pydocs"] if builds_default else [])
+    # The corpus follows the model: when the chosen model changes, pre-select the corpus it was trained on.
+    model_key = f"{kind}:{model_path or ''}"
+    if st.session_state.get("_corpus_follows") != model_key:
+        st.session_state["_corpus_follows"] = model_key
+        if trained_on in options:
+            st.session_state["corpus"] = trained_on
     corpus = st.selectbox(
         "Corpus", options, key="corpus",
         format_func=lambda n: (f"{n} — built by the job (the default stdlib-docs corpus)" if n == "pydocs" and builds_default
                                else f"{n} — {int(cdf.set_index('name').loc[n, 'n_docs']):,} documents"))
     if not names:
-        st.info("This workspace has no corpus yet. The default corpus **pydocs** (the Python standard-library docs, "
-                "~3.7k documents) is built by the job in a few seconds; to audit your own data, import it first with "
-                "`stride corpus import FILE --name NAME`.")
+        st.info("This workspace has no corpus yet. The default corpus **pydocs** (the Python standard-library docs "
+                "of this Python installation, a few thousand documents; the exact count shows once it is built) is built by the job in a few seconds; to audit "
+                "your own data, import it first with `stride corpus import FILE --name NAME` and train a model on it "
+                "with `stride model train-tiny --corpus NAME --out MODEL_DIR`.")
     if corpus and corpus in names:
         row = cdf.set_index("name").loc[corpus]
         stats = queries.shard_stats(root, corpus, queries.db_version(root))
@@ -135,6 +148,13 @@ with common.guard("the corpus section"):
             if total:
                 st.dataframe(docs, hide_index=True, key="doc_table",
                              column_config={"text": st.column_config.TextColumn("text", width="large")})
+                # The table's cell overlay runs off the page for long texts: the full text shows here, wrapped and
+                # scrollable inside the page.
+                by_id = {int(d): t for d, t in zip(docs["doc_id"], docs["text"])}
+                shown_id = st.selectbox("Full text of document", list(by_id), key=f"doc_full_{corpus}",
+                                        format_func=lambda d: f"doc {d} — {' '.join(str(by_id[d]).split())[:80]}")
+                if shown_id is not None:
+                    common.html_block(html.escape(str(by_id[shown_id])), max_height=360)
     elif corpus == "pydocs":
         st.caption("All shards of pydocs will be indexed.")
 
@@ -229,6 +249,21 @@ if kind == "builtin":
     else:
         st.info(f"The built-in model ({model_preset} preset) is not trained yet: the job trains it first "
                 f"({'about a minute' if model_preset == 'ci' else 'several minutes'} on a CPU).")
+with common.guard("the model/corpus pairing check"):
+    if corpus:
+        if kind == "builtin" and not jobs.builtin_model_ready(ws, model_preset):
+            # not trained yet: what it will be trained on (the preset's document cap over pydocs)
+            from stride_core.tiny_model import TinyModelArgs
+
+            n_py = int(cdf.set_index("name").loc["pydocs", "n_docs"]) if "pydocs" in names else None
+            cap = TinyModelArgs.preset(model_preset).max_docs
+            record = {"corpus": "pydocs", "n_corpus_docs": n_py,
+                      "n_used_docs": min(cap, n_py) if cap and n_py else n_py}
+        else:
+            record = training_record(model_path) if model_path else None
+        n_target = int(cdf.set_index("name").loc[corpus, "n_docs"]) if corpus in names else None
+        for w in pairing_warnings(record, corpus, n_target):
+            st.warning(f"Model and corpus do not match: {w}.", icon=":material/link_off:")
 if corpus == "pydocs" and builds_default and (busy := jobs.preparing_job(ws, corpus="pydocs")):
     st.warning(f"Run **{busy}** is building the default corpus right now: wait a few seconds and reload.")
     problems.append("the default corpus is being built")
