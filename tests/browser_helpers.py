@@ -71,6 +71,16 @@ def launch_browser(pw):
     return pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
 
 
+def open_page(pw, url: str, width: int = 1400, height: int = 1400):
+    """A headless browser showing `url` once the app is idle: (browser, page), 30 s per step."""
+    browser = launch_browser(pw)
+    page = browser.new_page(viewport={"width": width, "height": height})
+    page.set_default_timeout(30_000)
+    page.goto(url)
+    wait_idle(page)
+    return browser, page
+
+
 def wait_idle(page, settle: float = 1.0, timeout: float = 30.0) -> None:
     """Wait until the Streamlit script run has finished (stApp's data-test-script-state), then settle."""
     page.wait_for_selector("h1", timeout=timeout * 1000)

@@ -141,11 +141,7 @@ def test_first_launch_shows_the_model_training_progress(browser_ready, tmp_path)
         assert st.get("stage") == "train model", st
         assert "build corpus" in st["durations"]  # the corpus build was a stage of its own
         with sync_playwright() as pw:
-            browser = bh.launch_browser(pw)
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(30_000)
-            page.goto(f"{base}/runs")
-            bh.wait_idle(page)
+            browser, page = bh.open_page(pw, f"{base}/runs", height=1000)
             expect(page.get_by_text(re.compile(r"stage train model — [1-9]\d*%")).first).to_be_visible()
             eta = page.locator('[data-testid="stMetric"]').filter(has_text="Stage ETA")
             expect(eta).to_contain_text(re.compile(r"\d+(s|m)"))
@@ -192,11 +188,7 @@ def test_setup_pairing_warning_and_corpus_default_in_the_browser(small_app):
 
     base, _ws, model = small_app
     with sync_playwright() as pw:
-        browser = bh.launch_browser(pw)
-        page = browser.new_page(viewport={"width": 1400, "height": 1400})
-        page.set_default_timeout(30_000)
-        page.goto(base)
-        bh.wait_idle(page)
+        browser, page = bh.open_page(pw, base, height=1400)
         page.get_by_text("Local Hugging Face folder").click()
         box = page.get_by_role("textbox", name="Model folder")
         box.fill(str(model))
@@ -216,11 +208,7 @@ def test_audit_paste_shows_the_item_count_in_the_browser(small_app):
 
     base, _ws, _model = small_app
     with sync_playwright() as pw:
-        browser = bh.launch_browser(pw)
-        page = browser.new_page(viewport={"width": 1400, "height": 1400})
-        page.set_default_timeout(30_000)
-        page.goto(f"{base}/contamination")
-        bh.wait_idle(page)
+        browser, page = bh.open_page(pw, f"{base}/contamination", height=1400)
         page.get_by_text("Run a contamination audit").click()
         area = page.get_by_role("textbox", name=re.compile("paste benchmark items, separated by a blank line"))
         area.fill("First copied document, line one\nline two of the same document\n\n"

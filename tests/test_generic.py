@@ -9,7 +9,7 @@ import pytest
 from stride_core.arguments import AttributeArgs
 from stride_core.errors import InputError, StrideError
 from stride_core.generic import GENERIC_FILE, GENERIC_TABLE, masked_mean
-from stride_core.pipeline import attribute, index, make_config, read_prompts
+from stride_core.pipeline import attribute, index, read_prompts
 from stride_core.recovery import LassoRecovery
 from stride_core.subsets import SubsetDesign
 
@@ -51,15 +51,10 @@ def test_removing_a_common_component_recovers_each_querys_own_documents():
 
 
 @pytest.fixture(scope="module")
-def run(pydocs_ws, tmp_path_factory):
-    from stride_core.corpus import import_corpus, list_corpora, load_documents
-
-    ws, model_dir = pydocs_ws
-    if "gen" not in [r["name"] for r in list_corpora(ws)]:
-        src = tmp_path_factory.mktemp("gen") / "gen.jsonl"
-        load_documents(ws, "pydocs", columns=["text", "source"], limit=160).to_json(src, orient="records", lines=True)
-        import_corpus(ws, src, "gen")
-    index(ws, "g1", make_config("gen", str(model_dir), "ci", **{"subsets.K": 40, "operators.steps": 20}), device="cpu", progress=False)
+def run(small_run):
+    """Run "g1": the session's small corpus and ci model indexed like "r1", so these tests leave "r1" alone."""
+    ws, _, cfg = small_run
+    index(ws, "g1", cfg, device="cpu", progress=False)
     return ws
 
 
