@@ -155,7 +155,7 @@ def _attr_args(args):
     alpha = parse_number_or_auto(args.alpha, "--alpha")
     return AttributeArgs(top_k=args.top_k, max_new_tokens=args.max_new_tokens, alpha=alpha, positive=args.positive, device=args.device,
                          lambda_rule=args.lambda_rule, ranking=args.ranking, repetition_penalty=args.repetition_penalty,
-                         no_repeat_ngram_size=args.no_repeat_ngram_size)
+                         no_repeat_ngram_size=args.no_repeat_ngram_size, loss_on=args.loss_on)
 
 
 def _prompts_from_args(args):
@@ -263,6 +263,9 @@ def _add_attr_args(x, with_device=True):
     x.add_argument("--ranking", choices=["specific", "raw"], default="specific",
                    help="rank by what is specific to each prompt (default: the generic component, measured on reference "
                         "queries, is removed and reported apart in generic.parquet), or by the raw measurements")
+    x.add_argument("--loss-on", dest="loss_on", choices=["all", "continuation"], default="all",
+                   help="whose loss the operators are measured on: the prompt and its continuation (all, default: the "
+                        "whole text, so a prompt copied from a document traces to it) or only the continuation")
     x.add_argument("--repetition-penalty", dest="repetition_penalty", type=float, default=1.3,
                    help="greedy decoding's repetition penalty (1 = off)")
     x.add_argument("--no-repeat-ngram", dest="no_repeat_ngram_size", type=int, default=3,

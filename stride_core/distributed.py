@@ -416,7 +416,7 @@ def _attribute(ws, run: str, prompts, comm: Comm, args, out, progress: bool, dar
             gens = _generate(task, mine, args) if mine else []
             if not gens:
                 return gens, np.zeros((0, est.design_.K), np.float32), np.zeros(0, np.float32)
-            y, base = est.measure(features_in_memory(task, query_items(gens)))
+            y, base = est.measure(features_in_memory(task, query_items(gens, args.loss_on)))
             check_measurements(run, y, [g["query_id"] for g in gens])
             return gens, y, base
 

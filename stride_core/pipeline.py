@@ -486,7 +486,7 @@ class OpenRun:
 
         key = {"n": args.n_reference_queries, "seed": self.config.subsets.seed, "prompt_tokens": REFERENCE_PROMPT_TOKENS,
                "max_new_tokens": args.max_new_tokens, "repetition_penalty": args.repetition_penalty,
-               "no_repeat_ngram_size": args.no_repeat_ngram_size, "center": args.center}
+               "no_repeat_ngram_size": args.no_repeat_ngram_size, "center": args.center, "loss_on": args.loss_on}
         path = self.rdir / GENERIC_FILE
         found = GenericComponent.load(path, key)
         if found is not None:
@@ -494,7 +494,7 @@ class OpenRun:
         rows, ids = reference_prompts(TokenStore.open(self.rdir / "tokens"), args.n_reference_queries, self.config.subsets.seed,
                                       REFERENCE_PROMPT_TOKENS)
         refs = [{"query_id": f"ref{int(r)}", "prompt": None, "prompt_ids": i} for r, i in zip(rows, ids)]
-        y_ref, _ = self.estimator.measure(features_in_memory(self.task, query_items(_generate(self.task, refs, args))))
+        y_ref, _ = self.estimator.measure(features_in_memory(self.task, query_items(_generate(self.task, refs, args), args.loss_on)))
         comp = GenericComponent(masked_mean(y_ref, self.design.members[rows]).astype(np.float32), rows, key)
         if save:
             _atomic_save(comp.save, path)
@@ -608,7 +608,7 @@ def _attribute(ws, run: str, opened: OpenRun, prompts: list[dict], args: Attribu
     rep.stage("attribute", f"{len(prompts)} prompts")
     gens = _generate(task, prompts, args)
     rep.update(0.2, "measuring")
-    y, base = opened.estimator.measure(features_in_memory(task, query_items(gens)))  # (Q, K), (Q,)
+    y, base = opened.estimator.measure(features_in_memory(task, query_items(gens, args.loss_on)))  # (Q, K), (Q,)
     check_measurements(run, y, [g["query_id"] for g in gens])
     generic = None
     if args.ranking == "specific":
@@ -631,10 +631,13 @@ def _attribute(ws, run: str, opened: OpenRun, prompts: list[dict], args: Attribu
     return df
 
 
-def query_items(gens: list[dict]) -> list[tuple[list[int], int]]:
-    """(token ids, first scored position) of each generated/completed prompt: the continuation is scored;
-    a prompt without one has its own tokens scored."""
-    return [(g["prompt_ids"] + g["continuation_ids"], len(g["prompt_ids"])) if g["continuation_ids"] else (g["prompt_ids"], 0)
+def query_items(gens: list[dict], loss_on: str = "all") -> list[tuple[list[int], int]]:
+    """(token ids, first scored position) of each generated/completed prompt. loss_on="all" scores the prompt
+    and its continuation; "continuation" only the continuation (a prompt without one then has its own
+    tokens scored)."""
+    if loss_on not in ("all", "continuation"):
+        raise ValueError(f"loss_on must be 'all' or 'continuation', not {loss_on!r}")
+    return [(g["prompt_ids"] + g["continuation_ids"], len(g["prompt_ids"]) if loss_on == "continuation" and g["continuation_ids"] else 0)
             for g in gens]
 
 

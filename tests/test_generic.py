@@ -98,7 +98,8 @@ def test_given_completion_is_attributed_by_teacher_forcing(run, tmp_path):
     tok = task.tokenizer
     assert g["prompt_ids"] == tok("The json module", add_special_tokens=False)["input_ids"]
     assert g["continuation_ids"] == tok(" encodes objects as strings.", add_special_tokens=False)["input_ids"]
-    assert query_items([g]) == [(g["prompt_ids"] + g["continuation_ids"], len(g["prompt_ids"]))]
+    assert query_items([g], "continuation") == [(g["prompt_ids"] + g["continuation_ids"], len(g["prompt_ids"]))]
+    assert query_items([g]) == [(g["prompt_ids"] + g["continuation_ids"], 0)]  # default: prompt + continuation
     p.write_text(json.dumps({"prompt": "x", "completion": ""}) + "\n")
     with pytest.raises(InputError, match="completion"):
         read_prompts(p)
@@ -136,8 +137,23 @@ def test_tracing_bench_reports_every_method(run, tmp_path):
     from stride_core.bench.tracing import run_tracing_bench
 
     res = run_tracing_bench(run, "g1", tmp_path / "tr", n_prompts=6, k=10, device="cpu", progress=False)
-    assert set(res["methods"]) == {"stride", "stride-raw", "tfidf"}
+    assert set(res["methods"]) == {"stride", "stride-raw", "stride-continuation", "tfidf"}
     for r in res["methods"].values():
         assert 0.0 <= r["hit@10"] <= 1.0 and 0.0 < r["max_share@10"] <= 1.0
     assert res["methods"]["tfidf"]["hit@10"] >= 0.8  # a verbatim prefix is lexically its source
     assert (tmp_path / "tr" / "results.json").exists()
+
+
+def test_tracing_copied_prompts_needs_the_prompts_loss(small_run, tmp_path):
+    """Small CPU tracing check: prompts copied from corpus documents trace to their source when the prompt's
+    own tokens are scored (the default), and do not when only the model's continuation is (the method's
+    operators lower the loss of their subsets' text; a continuation the model wrote is not that text)."""
+    from stride_core.bench.tracing import run_tracing_bench
+    from stride_core.pipeline import make_config
+
+    ws, model_dir, _ = small_run
+    cfg = make_config("small", str(model_dir), "ci", **{"subsets.K": 150, "subsets.S": 3, "operators.R": 16, "operators.steps": 150})
+    index(ws, "trace", cfg, device="cpu", progress=False)
+    res = run_tracing_bench(ws, "trace", tmp_path / "tr", n_prompts=20, k=10, device="cpu", progress=False)["methods"]
+    assert res["stride"]["hit@10"] >= 0.25, res
+    assert res["stride"]["hit@10"] >= res["stride-continuation"]["hit@10"] + 0.2, res

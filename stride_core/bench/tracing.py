@@ -7,8 +7,9 @@ for each method we report:
   hit@k          the share of prompts whose source document is among the top k helpful documents;
   max share@k    the largest share of prompts any single document is in the top k of (a hub detector);
   median rank    of the source document (N + 1 when it is not ranked).
-Methods: STRIDE with the product's query-specific ranking (`stride`), STRIDE on the raw measurements
-(`stride-raw`) and TF-IDF cosine between prompt + continuation and every document (`tfidf`), on the same
+Methods: STRIDE with the product's defaults (query-specific ranking, loss on prompt + continuation:
+`stride`), STRIDE on the raw measurements (`stride-raw`), STRIDE with the loss on the continuation only
+(`stride-continuation`) and TF-IDF cosine between prompt + continuation and every document (`tfidf`), on the same
 prompts and continuations. Results: DIR/results.json and a printed table.
 
 This is a memorisation test: a prompt copied from a training document is where the model's own
@@ -91,10 +92,13 @@ def run_tracing_bench(ws, run: str, out: str | Path, n_prompts: int = 30, k: int
     (out / "prompts.jsonl").write_text("".join(json.dumps({"query_id": p["query_id"], "prompt": p["prompt"]}) + "\n" for p in prompts))
     results, ranked_by = {}, {}
     gens = None
-    for name, ranking in (("stride", "specific"), ("stride-raw", "raw")):
+    # the product's default (query-specific ranking, loss on prompt + continuation), raw measurements, and the
+    # loss on the continuation only (the default before 2026-12-03, which traced nothing)
+    for name, ranking, loss_on in (("stride", "specific", "all"), ("stride-raw", "raw", "all"),
+                                   ("stride-continuation", "specific", "continuation")):
         t0 = time.perf_counter()
         df = attribute(ws, run, [{"query_id": p["query_id"], "prompt": p["prompt"]} for p in prompts],
-                       AttributeArgs(top_k=max(k, 50), device=device, ranking=ranking, repetition_penalty=repetition_penalty,
+                       AttributeArgs(top_k=max(k, 50), device=device, ranking=ranking, loss_on=loss_on, repetition_penalty=repetition_penalty,
                                      no_repeat_ngram_size=no_repeat_ngram_size), progress=progress)
         secs = time.perf_counter() - t0
         helpful = df[df["direction"] == "helpful"].sort_values(["query_id", "rank"])
@@ -115,9 +119,9 @@ def run_tracing_bench(ws, run: str, out: str | Path, n_prompts: int = 30, k: int
                "machine": platform.platform(), "date": time.strftime("%Y-%m-%d %H:%M")}
     (out / "results.json").write_text(json.dumps(summary, indent=1))
     print(f"tracing bench: run {run!r}, corpus {config.corpus!r} ({len(docs)} documents), {n_prompts} prefix prompts")
-    print(f"{'method':12s} {'hit@' + str(k):>8s} {'max share@' + str(k):>14s} {'median rank':>12s}  hub")
+    print(f"{'method':20s} {'hit@' + str(k):>8s} {'max share@' + str(k):>14s} {'median rank':>12s}  hub")
     for name, r in results.items():
-        print(f"{name:12s} {r[f'hit@{k}']:8.2f} {r[f'max_share@{k}']:14.2f} {r['median_rank']:12.1f}  {r['hub_doc']}")
+        print(f"{name:20s} {r[f'hit@{k}']:8.2f} {r[f'max_share@{k}']:14.2f} {r['median_rank']:12.1f}  {r['hub_doc']}")
     return summary
 
 
