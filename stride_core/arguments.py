@@ -158,6 +158,9 @@ class OperatorArgs(_Args):
         _check(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "device must be auto, cpu or cuda")
 
 
+LOSS_ON = ("all", "continuation")  # AttributeArgs.loss_on: which tokens of a query are scored
+
+
 @dataclass
 class AttributeArgs(_Args):
     """Attribution of prompts: continuation length, recovery (lambda rule) and output size."""
@@ -188,7 +191,7 @@ class AttributeArgs(_Args):
         check_int(self.max_new_tokens, "max_new_tokens", 0, 512)
         _check(self.lambda_rule in ("1se", "min"), "lambda_rule must be '1se' or 'min'")
         _check(self.ranking in ("specific", "raw"), "ranking must be 'specific' or 'raw'")
-        _check(self.loss_on in ("all", "continuation"), "loss_on must be 'all' (prompt + continuation) or 'continuation'")
+        _check(self.loss_on in LOSS_ON, "loss_on must be 'all' (prompt + continuation) or 'continuation'")
         check_int(self.n_reference_queries, "n_reference_queries", 2, 4096)
         check_float(self.repetition_penalty, "repetition_penalty (1 = off)", 1.0, 10.0)
         check_int(self.no_repeat_ngram_size, "no_repeat_ngram_size (0 = off)", 0, 32)

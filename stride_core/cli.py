@@ -255,6 +255,8 @@ def _add_index_args(x):
 
 
 def _add_attr_args(x, with_device=True):
+    from .arguments import LOSS_ON
+
     x.add_argument("--prompts", default=None, help=".txt (one prompt per line), .jsonl (field 'prompt' or 'text', optional "
                                                  "'completion') or .json (a list of objects)")
     x.add_argument("--prompt", default=None, help="one prompt given on the command line (instead of --prompts)")
@@ -263,7 +265,7 @@ def _add_attr_args(x, with_device=True):
     x.add_argument("--ranking", choices=["specific", "raw"], default="specific",
                    help="rank by what is specific to each prompt (default: the generic component, measured on reference "
                         "queries, is removed and reported apart in generic.parquet), or by the raw measurements")
-    x.add_argument("--loss-on", dest="loss_on", choices=["all", "continuation"], default="all",
+    x.add_argument("--loss-on", dest="loss_on", choices=list(LOSS_ON), default="all",
                    help="whose loss the operators are measured on: the prompt and its continuation (all, default: the "
                         "whole text, so a prompt copied from a document traces to it) or only the continuation")
     x.add_argument("--repetition-penalty", dest="repetition_penalty", type=float, default=1.3,

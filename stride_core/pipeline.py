@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from . import __version__
-from .arguments import AttributeArgs, CacheArgs, OperatorArgs, SubsetArgs, preset
+from .arguments import LOSS_ON, AttributeArgs, CacheArgs, OperatorArgs, SubsetArgs, preset
 from .errors import InputError, RunError, StrideError
 from .progress import Reporter, read_status
 
@@ -635,8 +635,8 @@ def query_items(gens: list[dict], loss_on: str = "all") -> list[tuple[list[int],
     """(token ids, first scored position) of each generated/completed prompt. loss_on="all" scores the prompt
     and its continuation; "continuation" only the continuation (a prompt without one then has its own
     tokens scored)."""
-    if loss_on not in ("all", "continuation"):
-        raise ValueError(f"loss_on must be 'all' or 'continuation', not {loss_on!r}")
+    if loss_on not in LOSS_ON:
+        raise ValueError(f"loss_on must be one of {LOSS_ON}, not {loss_on!r}")
     return [(g["prompt_ids"] + g["continuation_ids"], len(g["prompt_ids"]) if loss_on == "continuation" and g["continuation_ids"] else 0)
             for g in gens]
 

@@ -15,8 +15,8 @@ ws = common.workspace()
 root = str(ws.root)
 st.title("Influence explorer")
 
-SIGN_NOTE = ("**Scores are in loss units** (nats, like the model's cross-entropy on the continuation): the estimated "
-             "change in this continuation's loss due to the document being in the training data. **Positive = "
+SIGN_NOTE = ("**Scores are in loss units** (nats, like the model's cross-entropy on the prompt and its continuation, "
+             "or the continuation alone with `--loss-on continuation`): the estimated change in that loss due to the document being in the training data. **Positive = "
              "helpful**: the document lowers the loss, i.e. pushed the model towards writing this continuation. "
              "**Negative = harmful**: it pushed the model away from it. Scores come from STRIDE's sparse (Lasso) "
              "recovery; only the top documents in each direction are stored.")
@@ -83,14 +83,14 @@ with common.guard("the Influence explorer"):
     c_help, c_harm = st.columns(2)
     with c_help:
         st.markdown("#### :green[:material/thumb_up:] Helpful")
-        st.caption("Including the document lowers this continuation's loss (score > 0).")
+        st.caption("Including the document lowers this text's loss (score > 0).")
         if helpful.empty:
             st.info("No helpful documents were recovered for this prompt (all recovered scores are ≤ 0).")
         else:
             st.dataframe(helpful[show_cols], hide_index=True, key="helpful_table", column_config=col_cfg)
     with c_harm:
         st.markdown("#### :red[:material/thumb_down:] Harmful")
-        st.caption("Including the document raises this continuation's loss (score < 0).")
+        st.caption("Including the document raises this text's loss (score < 0).")
         if harmful.empty:
             st.info("No harmful documents were recovered for this prompt.")
         else:

@@ -54,7 +54,7 @@ def _preset_values(name: str) -> dict:
 ws = common.workspace()
 root = str(ws.root)
 st.title("Set up a STRIDE run")
-st.caption("STRIDE attributes a model's continuation of each prompt to the training documents that most "
+st.caption("STRIDE attributes each prompt and the model's continuation of it to the training documents that most "
            "changed its loss. Pick the model, the corpus it was trained on, and the prompts; the run starts as "
            "a background job and the Runs page shows its progress.")
 
