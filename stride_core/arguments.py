@@ -134,11 +134,20 @@ class OperatorArgs(_Args):
     linearity_batch: int = 32  # token rows x whose full y_x (all K) enters the linearity loss
     n_reference: int = 32  # corpus documents whose mean y centres the measurements
     reference_tokens: int = 16  # sampled token positions per reference document
+    # Paper-fidelity options (PAPER.md D2/D3/D5/D8; measured in BENCHMARKS.md, "Paper variants"):
+    space: str = "hidden"  # where a_k acts: "hidden" (final normed hidden state, R x D) or "logits" (R x V, the page's equation)
+    linearity_form: str = "normalised"  # "normalised" (centred, / ||y||^2) or "paper" (unnormalised, uncentred ridge residual)
+    fidelity_sampling: str = "document"  # "document" (uniform document, then token) or "token" (uniform over the subset's tokens)
+    stability_excludes_members: bool = False  # stability tokens come from the complement of A_k only
     seed: int = 0
     device: str = "auto"
 
     def __post_init__(self):
         check_int(self.R, "R", 1, 100_000)
+        _check(self.space in ("hidden", "logits"), "space must be 'hidden' or 'logits'")
+        _check(self.linearity_form in ("normalised", "paper"), "linearity_form must be 'normalised' or 'paper'")
+        _check(self.fidelity_sampling in ("document", "token"), "fidelity_sampling must be 'document' or 'token'")
+        _check(isinstance(self.stability_excludes_members, bool), "stability_excludes_members must be true or false")
         check_int(self.steps, "steps", 1, 10_000_000)  # 0 steps would save untrained (all-zero) operators as an index
         check_float(self.lr, "lr", 0.0, lo_open=True)
         check_float(self.weight_decay, "weight_decay")

@@ -137,7 +137,8 @@ def _config_from_args(args):
 
     overrides = {}
     for stage, names in (("cache", ("layer", "max_tokens")), ("subsets", ("K", "S", "seed", "designs")),
-                         ("operators", ("R", "steps", "lr", "fidelity_weight", "stability_weight", "linearity_weight", "temperature"))):
+                         ("operators", ("R", "steps", "lr", "fidelity_weight", "stability_weight", "linearity_weight", "temperature",
+                                        "space", "linearity_form", "fidelity_sampling", "stability_excludes_members"))):
         for n in names:
             v = getattr(args, n, None)
             if v is not None:
@@ -252,6 +253,15 @@ def _add_index_args(x):
     x.add_argument("--stability-weight", dest="stability_weight", type=float, default=None)
     x.add_argument("--linearity-weight", dest="linearity_weight", type=float, default=None)
     x.add_argument("--temperature", type=float, default=None)
+    x.add_argument("--operator-space", dest="space", choices=["hidden", "logits"], default=None,
+                   help="where a_k acts: the final normed hidden state (hidden, default; a_k is R x D) or the logits "
+                        "(the paper's equation; a_k is R x V, so V/D times the operator memory)")
+    x.add_argument("--linearity-form", dest="linearity_form", choices=["normalised", "paper"], default=None,
+                   help="with --linearity-weight > 0: the centred, normalised residual or the paper's unnormalised one")
+    x.add_argument("--fidelity-sampling", dest="fidelity_sampling", choices=["document", "token"], default=None,
+                   help="fidelity tokens: a uniform document then a token (document, default) or uniform over the subset's tokens")
+    x.add_argument("--stability-excludes-members", dest="stability_excludes_members", action="store_const", const=True,
+                   default=None, help="draw stability tokens only from documents outside the subset")
 
 
 def _add_attr_args(x, with_device=True):

@@ -12,7 +12,7 @@ import torch
 from .arguments import OperatorArgs, SubsetArgs
 from .errors import RunError
 from .measurement import measure
-from .operators import SteeringOperators, train_operators
+from .operators import SPACES, SteeringOperators, train_operators
 from .recovery import LassoRecovery
 from .subsets import SubsetDesign
 
@@ -129,6 +129,7 @@ class StrideEstimator:
             ref = m.reference if m.reference is not None else self.reference_
             st[pre + "reference"] = torch.from_numpy(np.asarray(ref, dtype=np.float32))
             st[pre + "shape"] = torch.tensor([m.ops.D, m.ops.C, m.ops.K, m.ops.R])
+            st[pre + "space"] = torch.tensor(SPACES.index(m.ops.space))  # absent in older indexes: "hidden"
         save_file(st, str(path))
 
     def load(self, path, design: SubsetDesign) -> "StrideEstimator":
@@ -145,7 +146,8 @@ class StrideEstimator:
                     {k[len(pre):]: v for k, v in st.items() if k.startswith(pre)})
             D, C, K, R = part.pop("shape").tolist()
             ref = part.pop("reference").numpy()
-            ops = SteeringOperators(D, C, K, R)
+            space = SPACES[int(part.pop("space", torch.tensor(0)))]
+            ops = SteeringOperators(D, C, K, R, space)
             ops.load_state_dict(part)
             self.members_.append(_Member(d, ops.to(self.device).eval(), ref))
         self.ops_ = self.members_[0].ops

@@ -31,7 +31,7 @@ def measure(queries, ops, head, device: str = "cpu", logits_budget: int = 2 ** 2
     # mixing them per token (T x R x Kc x V) is cheaper than T x Kc x D x V through the head.
     if low_rank is None:
         low_rank = ops.R < ops.C
-    zero = head(torch.zeros(1, ops.C, device=dev)).float() if low_rank else None  # (1, V): the head's bias
+    zero = head(torch.zeros(1, ops.D if ops.space == "logits" else ops.C, device=dev)).float() if low_rank else None  # (1, V): the head's bias
     # Group queries so that (tokens in group) x V x (subset chunk) stays within the budget.
     q = 0
     bar = tqdm(total=Q, desc="measure", disable=not progress)
@@ -60,11 +60,11 @@ def measure(queries, ops, head, device: str = "cpu", logits_budget: int = 2 ** 2
         for k0 in range(0, K, kc):
             ks = torch.arange(k0, min(K, k0 + kc), device=dev)
             if low_rank:
-                P = head(ops.A[ks]).float() - zero  # (Kc, R, V)
+                P = ops.logit_directions(head, ks, zero).float()  # (Kc, R, V)
                 # one fused pass writes the (Kc, T, V) block (an einsum plus an add measured 1.7x slower on CPU)
                 logits = torch.baddbmm(base_logits[None].expand(len(ks), -1, -1), feats[None].expand(len(ks), -1, -1), P)
             else:
-                logits = head(z[None] + ops.delta_all(h, ks)).float()  # (Kc, T, V)
+                logits = ops.steered(head, z[None], ops.delta_all(h, ks), base_logits[None]).float()  # (Kc, T, V)
             st_tok = F.cross_entropy(logits.reshape(-1, V), t.repeat(len(ks)), reduction="none").view(len(ks), -1)
             st_q = torch.zeros(len(ks), n_q, device=dev).index_add_(1, seg_t, st_tok * w[None]) / wsum[None]
             y[q:q_end, k0:k0 + len(ks)] = (base_q[None] - st_q).T.cpu().numpy()
@@ -86,6 +86,6 @@ def measure_looped(queries, ops, head) -> np.ndarray:
         base = (F.cross_entropy(head(r["z"]).float(), r["target"], reduction="none") * w).sum() / w.sum()
         for k in range(K):
             d = ops.delta(r["h"][None], torch.tensor([k]))[0]
-            st = (F.cross_entropy(head(r["z"] + d).float(), r["target"], reduction="none") * w).sum() / w.sum()
+            st = (F.cross_entropy(ops.steered(head, r["z"], d).float(), r["target"], reduction="none") * w).sum() / w.sum()
             y[qi, k] = float(base - st)
     return y

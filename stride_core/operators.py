@@ -1,12 +1,17 @@
 """Steering operators: a shared basis B_psi (D -> R, per token) and one R x C steering matrix a_k per
-subset. Steered output of subset k: o~_k(x) = head(z_x + B_psi(h_x) . a_k).
+subset. Steered output of subset k, by where the operator acts (`OperatorArgs.space`):
+- "hidden" (default): o~_k(x) = head(z_x + B_psi(h_x) . a_k), a_k in R^{R x D}, a shift of the final
+  normed hidden state z (so the logit shift lies in the span of the head's W_U);
+- "logits": o~_k(x) = o_x + B_psi(h_x) . a_k, a_k in R^{R x V}, the project page's equation (any
+  context-dependent shift of the V logits).
 
 Trained jointly (all subsets batched, no Python loop over K inside a step) with
 - fidelity:  token NLL of the steered model on tokens of subset k's documents ("trained on A_k"),
 - stability: KL(softmax(o_x) || softmax(o~_k(x))) on tokens outside A_k (no global shortcuts),
-- linearity: y_x = Loss(o_x) - Loss(o~_k(x)) for all k must be explainable additively: the
-  fraction of (centred) y_x left outside the span of the JL-sketched design M~ = M R_JL (K x q),
-  ||(I - P) y_x||^2 / ||y_x||^2 with P = M~ (M~^T M~ + gamma I)^-1 M~^T.
+- linearity: y_x = Loss(o_x) - Loss(o~_k(x)) for all k must be explainable additively, with
+  P = M~ (M~^T M~ + gamma I)^-1 M~^T for the JL-sketched design M~ = M R_JL (K x q): either the
+  fraction of centred y_x left outside the span, ||(I - P) y_x||^2 / ||y_x||^2 ("normalised"), or the
+  paper's unnormalised, uncentred ridge residual ||(I - P) y_x||^2 ("paper", OperatorArgs.linearity_form).
 """
 
 from __future__ import annotations
@@ -25,10 +30,15 @@ from .errors import RunError
 logger = logging.getLogger(__name__)
 
 
+SPACES = ("hidden", "logits")
+
+
 class SteeringOperators(torch.nn.Module):
-    def __init__(self, D: int, C: int, K: int, R: int):
+    def __init__(self, D: int, C: int, K: int, R: int, space: str = "hidden"):
         super().__init__()
-        self.D, self.C, self.K, self.R = D, C, K, R
+        if space not in SPACES:
+            raise ValueError(f"space must be one of {SPACES}, not {space!r}")
+        self.D, self.C, self.K, self.R, self.space = D, C, K, R, space
         self.norm = torch.nn.LayerNorm(D, elementwise_affine=False)
         self.basis = torch.nn.Linear(D, R)  # B_psi
         self.A = torch.nn.Parameter(torch.zeros(K, R, C))  # a_k; zero = unsteered at init
@@ -44,16 +54,27 @@ class SteeringOperators(torch.nn.Module):
         """Every subset on the same tokens: h (T, D), k (Kc,) -> (Kc, T, C)."""
         return torch.einsum("tr,krc->ktc", self.features(h), self.A[k])
 
+    def steered(self, head, z: torch.Tensor, delta: torch.Tensor, base_logits: torch.Tensor | None = None) -> torch.Tensor:
+        """Steered logits from z (..., D) and a delta (..., C) of this operator's space."""
+        if self.space == "hidden":
+            return head(z + delta)
+        return (head(z) if base_logits is None else base_logits) + delta
+
+    def logit_directions(self, head, k: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+        """(Kc, R, V): the logit shift of each basis feature under subset k (`zero` = head(0), the bias)."""
+        return self.A[k] if self.space == "logits" else head(self.A[k]) - zero
+
     def state(self) -> dict:
         return {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
 
 
-def projection_residual_matrix(design, q: int, gamma: float, seed: int) -> torch.Tensor:
+def projection_residual_matrix(design, q: int, gamma: float, seed: int, center: bool = True) -> torch.Tensor:
     """(I - P) for the JL-sketched design, (K, K)."""
     g = torch.Generator().manual_seed(seed + 7)
     R_jl = torch.randn(design.N, q, generator=g) / q ** 0.5
     Mt = torch.sparse.mm(design.sparse(), R_jl)  # (K, q)
-    Mt = Mt - Mt.mean(dim=0, keepdim=True)  # y is centred, so centre the sketch too
+    if center:  # y is centred, so centre the sketch too
+        Mt = Mt - Mt.mean(dim=0, keepdim=True)
     P = Mt @ torch.linalg.solve(Mt.T @ Mt + gamma * torch.eye(q), Mt.T)
     return torch.eye(design.K) - P
 
@@ -61,7 +82,7 @@ def projection_residual_matrix(design, q: int, gamma: float, seed: int) -> torch
 class _TokenSampler:
     """Samples token rows: of a subset's member documents (fidelity) or of any document (stability)."""
 
-    def __init__(self, cache, design, seed: int):
+    def __init__(self, cache, design, seed: int, by: str = "document", exclude_members: bool = False):
         self.offsets = torch.from_numpy(np.asarray(cache.offsets))
         self.lengths = self.offsets[1:] - self.offsets[:-1]
         indptr, docs = design.csr()
@@ -70,6 +91,11 @@ class _TokenSampler:
         self.sizes = self.indptr[1:] - self.indptr[:-1]
         self.N = design.N
         self.g = torch.Generator().manual_seed(seed)
+        self.by = by
+        if by == "token":  # cumulative token counts of each subset's member list, for token-proportional draws
+            self.cum = torch.cumsum(self.lengths[self.docs], 0)
+            self.cum0 = torch.cat([torch.zeros(1, dtype=self.cum.dtype), self.cum])
+        self.members_of = torch.from_numpy(np.asarray(design.members)) if exclude_members else None  # (N, S)
 
     def _token_in(self, doc: torch.Tensor) -> torch.Tensor:
         r = torch.rand(doc.shape, generator=self.g)
@@ -77,11 +103,26 @@ class _TokenSampler:
 
     def members(self, k: torch.Tensor, P: int) -> torch.Tensor:  # (Kb,) -> (Kb, P) token rows
         r = torch.rand((len(k), P), generator=self.g)
+        if self.by == "token":  # uniform over the subset's tokens: a document weighs by its length
+            lo, hi = self.cum0[self.indptr[k]], self.cum0[self.indptr[k + 1]]  # (Kb,)
+            u = lo[:, None] + (r * (hi - lo)[:, None].to(r.dtype)).long()  # (Kb, P) token number in the pool
+            pos = torch.searchsorted(self.cum, u, right=True).clamp_max(len(self.docs) - 1)
+            doc = self.docs[pos]
+            return self.offsets[doc] + (u - self.cum0[pos]).clamp(min=0).minimum(self.lengths[doc] - 1)
         pos = self.indptr[k][:, None] + (r * self.sizes[k][:, None]).long()
         return self._token_in(self.docs[pos])
 
-    def anywhere(self, shape) -> torch.Tensor:
-        return self._token_in(torch.randint(0, self.N, shape, generator=self.g))
+    def anywhere(self, shape, k: torch.Tensor | None = None) -> torch.Tensor:
+        """Token rows of uniform documents; with `k` (shape[0] subsets) and exclude_members, documents
+        of subset k[i] are redrawn (the complement R_k of the paper's stability loss)."""
+        doc = torch.randint(0, self.N, shape, generator=self.g)
+        if k is not None and self.members_of is not None and len(shape) == 2:
+            for _ in range(20):  # a member is drawn with probability S/K: a few redraws clear them all
+                bad = (self.members_of[doc] == k[:, None, None]).any(-1)
+                if not bad.any():
+                    break
+                doc[bad] = torch.randint(0, self.N, (int(bad.sum()),), generator=self.g)
+        return self._token_in(doc)
 
 
 def _read_all(a: np.ndarray) -> np.ndarray:
@@ -134,15 +175,20 @@ def train_operators(cache, design, head, args: OperatorArgs, device: str = "cpu"
     torch.manual_seed(args.seed)
     dev = torch.device(device)
     D, C = cache.h.shape[1], cache.z.shape[1]
-    ops = SteeringOperators(D, C, design.K, args.R).to(dev)
+    if args.space == "logits":  # a_k in R^{R x V}
+        with torch.no_grad():
+            C = head(torch.zeros(1, C, device=dev)).shape[-1]
+    ops = SteeringOperators(D, C, design.K, args.R, args.space).to(dev)
     if part is not None:
         part.broadcast(ops)
     # AdamW: decoupled decay (with Adam's L2 decay, a subset outside the batch gets a decay-only gradient that
     # Adam normalises to a full-size step towards 0: any decay > 0 zeroed the operators, LDS 0 on tiny-lm)
     opt = torch.optim.AdamW(ops.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    sampler = _TokenSampler(cache, design, args.seed)
+    sampler = _TokenSampler(cache, design, args.seed, args.fidelity_sampling, args.stability_excludes_members)
     rows = _Rows(cache, dev)
-    IminusP = projection_residual_matrix(design, args.jl_dim, args.ridge_gamma, args.seed).to(dev) if args.linearity_weight > 0 else None
+    paper_linearity = args.linearity_form == "paper"
+    IminusP = (projection_residual_matrix(design, args.jl_dim, args.ridge_gamma, args.seed, center=not paper_linearity).to(dev)
+               if args.linearity_weight > 0 else None)
     Kb = min(args.subset_batch, design.K)
     perm = torch.randperm(design.K, generator=sampler.g)
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu", enabled=False)
@@ -171,7 +217,7 @@ def train_operators(cache, design, head, args: OperatorArgs, device: str = "cpu"
                 idx = sampler.members(k, args.tokens_per_subset)  # (Kb, P), the same on every process
                 if mine.stop > mine.start:
                     h, z, t = rows.get(idx[mine])  # (kb, P, D/C)
-                    logits = head(z + ops.delta(h, k_dev[mine])) / args.temperature
+                    logits = ops.steered(head, z, ops.delta(h, k_dev[mine])) / args.temperature
                     flat, tt = logits.float().reshape(-1, logits.size(-1)), t.reshape(-1)
                     fid = F.cross_entropy(flat, tt) if part is None else F.cross_entropy(flat, tt, reduction="sum") / idx.numel()
                     loss = loss + args.fidelity_weight * fid
@@ -179,12 +225,13 @@ def train_operators(cache, design, head, args: OperatorArgs, device: str = "cpu"
                 else:
                     terms_t["fidelity"] = torch.zeros((), device=dev)
             if args.stability_weight > 0 and args.stability_tokens > 0:
-                idx = sampler.anywhere((len(k), args.stability_tokens))
+                idx = sampler.anywhere((len(k), args.stability_tokens), k)
                 if mine.stop > mine.start:
                     h, z, _ = rows.get(idx[mine])
                     with torch.no_grad():
-                        base = head(z) / args.temperature
-                    stab = reduce(_kl(base, head(z + ops.delta(h, k_dev[mine])) / args.temperature), idx.numel())
+                        base_logits = head(z)
+                    steered = ops.steered(head, z, ops.delta(h, k_dev[mine]), base_logits)
+                    stab = reduce(_kl(base_logits / args.temperature, steered / args.temperature), idx.numel())
                     loss = loss + args.stability_weight * stab
                     terms_t["stability"] = stab.detach()
                 else:
@@ -196,12 +243,16 @@ def train_operators(cache, design, head, args: OperatorArgs, device: str = "cpu"
                     h, z, t = rows.get(idx[rows_b])  # (b, D)
                     all_k = torch.arange(design.K, device=dev)
                     with torch.no_grad():
-                        base_loss = F.cross_entropy(head(z).float(), t, reduction="none")  # (b,)
-                    steered = head(z[None] + ops.delta_all(h, all_k)).float()  # (K, b, V)
+                        base_logits = head(z)
+                        base_loss = F.cross_entropy(base_logits.float(), t, reduction="none")  # (b,)
+                    steered = ops.steered(head, z[None], ops.delta_all(h, all_k), base_logits[None]).float()  # (K, b, V)
                     st_loss = F.cross_entropy(steered.reshape(-1, steered.size(-1)), t.repeat(design.K), reduction="none").view(design.K, -1)
                     y = (base_loss[None] - st_loss).T  # (b, K)
-                    y = y - y.mean(dim=1, keepdim=True)
-                    res = (y @ IminusP.T).pow(2).sum(1) / (y.pow(2).sum(1) + 1e-8)
+                    if paper_linearity:  # ||(I - P) y||^2, unnormalised and uncentred
+                        res = (y @ IminusP.T).pow(2).sum(1)
+                    else:
+                        y = y - y.mean(dim=1, keepdim=True)
+                        res = (y @ IminusP.T).pow(2).sum(1) / (y.pow(2).sum(1) + 1e-8)
                     lin = reduce(res, len(idx))
                     loss = loss + args.linearity_weight * lin
                     terms_t["linearity"] = lin.detach()

@@ -233,6 +233,10 @@ def begin_run(ws, run: str, config: IndexConfig, dev: str, overwrite: bool = Fal
         except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
             old = {}
         new = config.to_dict()
+        try:  # arguments added since the run was made read as their defaults
+            old = IndexConfig.from_dict(old).to_dict() if old else old
+        except Exception:  # noqa: BLE001 - an unreadable record is compared as it is (and differs)
+            pass
         if old != new:
             changed = _changed_arguments(old, new)
             stages = _stages_fed_by(changed)

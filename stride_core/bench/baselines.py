@@ -79,21 +79,36 @@ def generic_scores(ctx):
 # ----------------------------------------------------------------------------------------- tfidf
 
 
+def _tfidf_text(train_texts: list[str], query_texts: list[str]):
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    t0 = time.perf_counter()
+    vec = TfidfVectorizer(sublinear_tf=True)
+    Xt = vec.fit_transform(train_texts)
+    t1 = time.perf_counter()
+    Xq = vec.transform(query_texts)
+    s = np.asarray((Xq @ Xt.T).todense())  # rows are l2-normalised: this is the cosine
+    return s, _timing(t1 - t0, time.perf_counter() - t1)
+
+
 def tfidf_scores(ctx):
     t0 = time.perf_counter()
     if _kind(ctx) == "lm":
-        from sklearn.feature_extraction.text import TfidfVectorizer
-
-        vec = TfidfVectorizer(sublinear_tf=True)
-        Xt = vec.fit_transform(ctx.train_texts)
-        t1 = time.perf_counter()
-        Xq = vec.transform(ctx.query_texts)
-        s = np.asarray((Xq @ Xt.T).todense())  # rows are l2-normalised: this is the cosine
+        return _tfidf_text(ctx.train_texts, ctx.query_texts)
     else:
         Xt = ctx.X_train / np.maximum(np.linalg.norm(ctx.X_train, axis=1, keepdims=True), 1e-12)
         t1 = time.perf_counter()
         s = _cosine(ctx.X_query, Xt)
     return s, _timing(t1 - t0, time.perf_counter() - t1)
+
+
+def tfidf_prefix_scores(ctx):
+    """TF-IDF with each training document cut to the tokens STRIDE's bench cache holds (its first
+    block_size tokens, decoded): a control for how much STRIDE loses by seeing only that part (PAPER.md D4)."""
+    if _kind(ctx) != "lm":
+        return tfidf_scores(ctx)
+    prefixes = ctx.tokenizer.batch_decode([list(ids)[:ctx.block_size] for ids in ctx.train_token_ids])
+    return _tfidf_text(prefixes, ctx.query_texts)
 
 
 # ---------------------------------------------------------------------------------------- repsim
@@ -251,6 +266,7 @@ BASELINES = {
     "random": random_scores,
     "generic": generic_scores,
     "tfidf": tfidf_scores,
+    "tfidf-prefix": tfidf_prefix_scores,
     "repsim": repsim_scores,
     "graddot": graddot_scores,
 }

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import StrideError
+from .settings import SETTINGS
 
 logger = logging.getLogger(__name__)
 
@@ -261,7 +262,7 @@ def register(bench_subparsers, common_parent):
     """`stride bench counterfactual ...` (appended to stride_core.cli_ext.BENCH_REGISTRATIONS)."""
     x = bench_subparsers.add_parser("counterfactual", parents=[common_parent],
                                     help="remove each query's top-k documents, retrain, compare with random removal")
-    x.add_argument("--setting", default="tiny-lm", choices=["tiny-lm", "digits-mlp"])
+    x.add_argument("--setting", default="tiny-lm", choices=sorted(SETTINGS))
     x.add_argument("--queries", type=int, default=20, help="first Q queries of the setting (default 20)")
     x.add_argument("--k", default="10,50", help="comma-separated k values (default 10,50)")
     x.add_argument("--methods", default="stride,tfidf", help="comma-separated methods ranking the documents")

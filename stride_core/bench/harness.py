@@ -39,6 +39,7 @@ from .peers import PEER_PACKAGES, PeerUnavailable
 from .peers import register_all as register_peers
 from .stride_method import register_all as register_stride
 from .lds import lds, lds_summary, query_specific_lds
+from .settings import SETTINGS
 
 logger = logging.getLogger(__name__)
 
@@ -331,7 +332,7 @@ def register(subparsers, common_parent):
     sb = pb.add_subparsers(dest="bench_command", metavar="ACTION", required=True)
     x = sb.add_parser("lds", help="linear datamodeling score of attribution methods on a benchmark setting",
                       parents=[common_parent])
-    x.add_argument("--setting", required=True, choices=["digits-mlp", "tiny-lm"])
+    x.add_argument("--setting", required=True, choices=sorted(SETTINGS))
     x.add_argument("--models", type=int, default=None, help="ground-truth models (default: 100 digits, 32 tiny-lm)")
     x.add_argument("--queries", type=int, default=None, help="queries (default: 100 digits, 50 tiny-lm)")
     x.add_argument("--methods", default=None,

@@ -559,9 +559,22 @@ class TinyLMSetting(Setting):
         return {"loss": ctx.query_outputs(model, device)}
 
 
+@dataclass(frozen=True)
+class TinyLMPaperSetting(TinyLMSetting):
+    """The paper's LDS protocol at CPU scale (PAPER.md D1): ground-truth models on 30% subsets (the
+    paper: 256 models on 30%), twice as many of them as tiny-lm, and a 4-block model, so that the
+    steered layer (the default, block 2 of 0..3: 3/4 deep, the paper's ~2/3) has a block above it."""
+
+    name: str = "tiny-lm-paper"
+    n_models: int = 64
+    mask_fraction: float = 0.3
+    n_layer: int = 4
+
+
 # -------------------------------------------------------------------------------------- registry
 
-SETTINGS: dict[str, type[Setting]] = {"digits-mlp": DigitsSetting, "tiny-lm": TinyLMSetting}
+SETTINGS: dict[str, type[Setting]] = {"digits-mlp": DigitsSetting, "tiny-lm": TinyLMSetting,
+                                      "tiny-lm-paper": TinyLMPaperSetting}
 
 
 def get_setting(name: str, **overrides) -> Setting:

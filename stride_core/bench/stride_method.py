@@ -120,20 +120,67 @@ VARIANTS = {
     "stride-R16": {"R": 16},
     "stride-lambda-min": {"lambda_rule": "min"},
     "stride-measure-prompt": {"measure_prompt": True},  # tiny-lm: the measured loss covers the prompt too
+    # Paper variants (PAPER.md D2/D3/D4/D5/D8), one change each from "stride":
+    "stride-logits": {"space": "logits"},  # D2 (b): a_k in R^{R x V} shifts the logits (the page's equation)
+    "stride-logits-R16": {"space": "logits", "R": 16},  # the same at the paper's rank
+    "stride-paper-linearity": {"linearity_weight": 0.01, "linearity_form": "paper", "jl_dim": -1},  # D3: q = K
+    "stride-paper-linearity-w0.1": {"linearity_weight": 0.1, "linearity_form": "paper", "jl_dim": -1},
+    "stride-token-sampling": {"fidelity_sampling": "token"},  # D5
+    "stride-windows-token": {"windows": True, "fidelity_sampling": "token"},  # D4 + D5: whole documents, token-weighted
+    "stride-stability-complement": {"stability_excludes_members": True},  # D8
 }
+
+# Hybrids: per query, the z-scored STRIDE scores (over documents) plus the z-scored TF-IDF cosine. Named
+# apart from pure STRIDE, whose row is always reported beside them.
+HYBRIDS = {
+    "stride+lexical": {},
+}
+
+_MEMO: dict = {}  # (id(ctx), variant) -> (scores, timing): a hybrid reuses STRIDE's scores of the same call
 
 
 def register_all(methods: dict):
     for name, over in VARIANTS.items():
-        methods[name] = _resolve(over)
+        methods[name] = _resolve(over, name)
+    for name, over in HYBRIDS.items():
+        methods[name] = _hybrid(over)
 
 
-def _resolve(over):
+def zscore_rows(s: np.ndarray) -> np.ndarray:
+    """Per row (query), standardised over columns (documents); a constant row becomes 0."""
+    s = np.asarray(s, dtype=np.float64)
+    sd = s.std(axis=1, keepdims=True)
+    return np.where(sd > 0, (s - s.mean(axis=1, keepdims=True)) / np.where(sd > 0, sd, 1.0), 0.0)
+
+
+def _hybrid(over):
+    def method(ctx):
+        from .baselines import tfidf_scores
+
+        key = (id(ctx), "stride")
+        if key not in _MEMO:
+            _MEMO.clear()
+            _MEMO[key] = _resolve(over, None)(ctx)
+        st, st_t = _MEMO[key]
+        lex, lex_t = tfidf_scores(ctx)
+        return zscore_rows(st) + zscore_rows(lex), {"fit_seconds": st_t["fit_seconds"] + lex_t["fit_seconds"],
+                                                    "query_seconds": st_t["query_seconds"] + lex_t["query_seconds"]}
+
+    return method
+
+
+def _resolve(over, name):
     def method(ctx):
         o = dict(over)
+        base = (LM if hasattr(ctx, "train_token_ids") else DIGITS)["subsets"].K
         if o.get("K") == -2:
-            base = (LM if hasattr(ctx, "train_token_ids") else DIGITS)["subsets"].K
             o["K"] = min(2 * base, len(ctx.train_ids))
-        return stride_method(**o)(ctx)
+        if o.get("jl_dim") == -1:  # the sketch as wide as the design (q = K)
+            o["jl_dim"] = o.get("K", base)
+        out = stride_method(**o)(ctx)
+        if name == "stride":  # kept for a hybrid in the same call
+            _MEMO.clear()
+            _MEMO[(id(ctx), "stride")] = out
+        return out
 
     return method
