@@ -49,7 +49,7 @@ def test_logit_space_measurement_equals_looped_and_a_hook_on_the_logits():
         w = torch.ones(len(ids))
         w[:n_prompt] = 0
         ce = torch.nn.functional.cross_entropy
-        expect = ((ce(logits, t, reduction="none") - ce(steered, t, reduction="none")) * w).sum() / w.sum()
+        expect = ((ce(logits, t, reduction="none") - ce(steered, t, reduction="none")) * w).sum().detach() / w.sum()
         assert abs(float(expect.detach()) - y[2, k]) < 1e-4
 
 
@@ -145,3 +145,42 @@ def test_unknown_operator_options_are_clear_errors():
             OperatorArgs(**bad)
     with pytest.raises(ValueError, match="space"):
         SteeringOperators(4, 4, 2, 1, space="middle")
+
+
+def test_propagated_operator_measurement_matches_a_manual_forward_and_is_chunk_invariant():
+    """stride-propagated (D2 (a)): steering the last block's output equals lm_head(ln_f(h + a_k B(h)))."""
+    from stride_core.bench.propagated import _operators, measure_propagated, train_propagated
+
+    model = _tiny("gpt2")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    block = model.transformer.h[1]
+    ops = _operators(32, 4, 3)
+    with torch.no_grad():
+        ops.A.copy_(0.3 * torch.randn(4, 3, 32, generator=torch.Generator().manual_seed(0)))
+    queries = [([0, *_Tok()(t)["input_ids"]], 2) for t in TEXTS]
+    y = measure_propagated(model, block, ops, queries, K=4, subset_chunk=3)
+    assert np.allclose(y, measure_propagated(model, block, ops, queries, K=4, subset_chunk=1), atol=1e-5)
+    seq, n_prompt = queries[0]
+    store = {}
+    hh = block.register_forward_hook(lambda m, i, o: store.__setitem__("h", o[0] if isinstance(o, tuple) else o))
+    with torch.no_grad():
+        base_logits = model(torch.tensor([seq])).logits[0, :-1]
+    hh.remove()
+    t = torch.tensor(seq[1:])
+    ce = torch.nn.functional.cross_entropy
+    for k in range(4):
+        with torch.no_grad():
+            h = store["h"]
+            steered = model.lm_head(model.transformer.ln_f(h + ops.delta(h, torch.tensor([k]))))[0, :-1]
+        expect = (ce(base_logits, t, reduction="none") - ce(steered, t, reduction="none"))[n_prompt:].mean()
+        assert abs(float(expect) - y[0, k]) < 1e-4
+    # training lowers the members' loss: y of a training document is larger on its own subsets
+    docs = [[0, *_Tok()(t + " " + str(i))["input_ids"]] for i, t in enumerate(TEXTS * 5)]
+    design = SubsetDesign.random(np.arange(len(docs)), K=10, S=2, seed=0)
+    ops = train_propagated(model, block, docs, design, R=4, steps=60, subset_batch=10, lr=1e-2)
+    y = measure_propagated(model, block, ops, [(d, 0) for d in docs], K=10)
+    own = np.zeros_like(y, dtype=bool)
+    own[np.repeat(np.arange(len(docs)), 2), design.members.reshape(-1)] = True
+    assert y[own].mean() > y[~own].mean() + 0.01
+    assert not any(m._forward_hooks for m in model.modules())  # the steering hook is removed

@@ -144,6 +144,9 @@ def register_all(methods: dict):
         methods[name] = _resolve(over, name)
     for name, over in HYBRIDS.items():
         methods[name] = _hybrid(over)
+    from .propagated import stride_propagated
+
+    methods["stride-propagated"] = stride_propagated  # D2 (a): a_k B(h_l) added at block l, run through the blocks above
 
 
 def zscore_rows(s: np.ndarray) -> np.ndarray:
