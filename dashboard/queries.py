@@ -180,10 +180,14 @@ def _direction_expr(cols: list[str]) -> str:
     return "direction" if "direction" in cols else "CASE WHEN score >= 0 THEN 'helpful' ELSE 'harmful' END"
 
 
+# attributions.parquet columns that are not corpus metadata (stride_core.pipeline PROMPT_USE_COLUMNS, HYBRID_COLUMNS)
+RESULT_ONLY_COLUMNS = ("prompt_used", "truncated", "lexical", "hybrid_z")
+
+
 def attribution_meta_columns(path: str, version: float) -> list[str]:
     """Corpus metadata columns carried in attributions.parquet (e.g. source, object)."""
     core = {"query_id", "prompt", "continuation", "rank", "doc_id", "score", "snippet", "direction", "query_loss",
-            *RESERVED_COLUMNS}
+            *RESERVED_COLUMNS, *RESULT_ONLY_COLUMNS}
     return [c for c in parquet_columns(path, version) if c not in core]
 
 

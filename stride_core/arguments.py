@@ -168,6 +168,7 @@ class OperatorArgs(_Args):
 
 
 LOSS_ON = ("all", "continuation")  # AttributeArgs.loss_on: which tokens of a query are scored
+METHODS = ("stride", "stride+lexical")  # AttributeArgs.method: how the helpful documents are ranked
 
 
 @dataclass
@@ -193,10 +194,15 @@ class AttributeArgs(_Args):
     # and attributing a loop teaches nothing
     repetition_penalty: float = 1.3
     no_repeat_ngram_size: int = 3
+    # "stride": helpful and harmful documents by STRIDE's recovered influence; "stride+lexical" (a hybrid,
+    # labelled as such): helpful documents by z(STRIDE) + z(TF-IDF cosine of the query text), per query over
+    # the documents; harmful ones stay STRIDE's, and STRIDE's own score is kept in `score`
+    method: str = "stride"
     device: str = "auto"
 
     def __post_init__(self):
         check_int(self.top_k, "top_k", 1, 1_000_000)
+        _check(self.method in METHODS, f"method must be one of {', '.join(METHODS)}")
         check_int(self.max_new_tokens, "max_new_tokens", 0, 512)
         _check(self.lambda_rule in ("1se", "min"), "lambda_rule must be '1se' or 'min'")
         _check(self.ranking in ("specific", "raw"), "ranking must be 'specific' or 'raw'")

@@ -156,7 +156,8 @@ def _attr_args(args):
     alpha = parse_number_or_auto(args.alpha, "--alpha")
     return AttributeArgs(top_k=args.top_k, max_new_tokens=args.max_new_tokens, alpha=alpha, positive=args.positive, device=args.device,
                          lambda_rule=args.lambda_rule, ranking=args.ranking, repetition_penalty=args.repetition_penalty,
-                         no_repeat_ngram_size=args.no_repeat_ngram_size, loss_on=args.loss_on)
+                         no_repeat_ngram_size=args.no_repeat_ngram_size, loss_on=args.loss_on,
+                         method=getattr(args, "method", "stride"))
 
 
 def _prompts_from_args(args):
@@ -265,7 +266,7 @@ def _add_index_args(x):
 
 
 def _add_attr_args(x, with_device=True):
-    from .arguments import LOSS_ON
+    from .arguments import LOSS_ON, METHODS
 
     x.add_argument("--prompts", default=None, help=".txt (one prompt per line), .jsonl (field 'prompt' or 'text', optional "
                                                  "'completion') or .json (a list of objects)")
@@ -278,6 +279,9 @@ def _add_attr_args(x, with_device=True):
     x.add_argument("--loss-on", dest="loss_on", choices=list(LOSS_ON), default="all",
                    help="whose loss the operators are measured on: the prompt and its continuation (all, default: the "
                         "whole text, so a prompt copied from a document traces to it) or only the continuation")
+    x.add_argument("--method", choices=list(METHODS), default="stride",
+                   help="stride (default): documents ranked by STRIDE's recovered influence; stride+lexical: a hybrid, helpful "
+                        "documents ranked by z(STRIDE) + z(TF-IDF cosine with the text), STRIDE's own score kept beside it")
     x.add_argument("--repetition-penalty", dest="repetition_penalty", type=float, default=1.3,
                    help="greedy decoding's repetition penalty (1 = off)")
     x.add_argument("--no-repeat-ngram", dest="no_repeat_ngram_size", type=int, default=3,

@@ -24,10 +24,8 @@ threshold, BENCHMARKS.md). z_threshold "auto" is the Bonferroni bound for N docu
 from __future__ import annotations
 
 import logging
-import re
 import statistics
 import time
-import unicodedata
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -36,17 +34,10 @@ import pandas as pd
 
 from .errors import InputError, StrideError
 from .items import Item, read_items
+from .text import tfidf_similarity, words
 
 logger = logging.getLogger(__name__)
 
-# Scripts written without spaces (CJK ideographs, kana, Hangul syllables) count one character per word,
-# so their n-grams are character n-grams; everything else is a run of \w characters.
-# Combining accents (U+0300-036F) stay inside a word, and every word is NFKC-normalised and case-folded,
-# so composed and decomposed accents, full-width letters and ligatures match their plain forms.
-_UNSPACED = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
-WORD = re.compile(f"[{_UNSPACED}]|[^\\W{_UNSPACED}]+")
-_COMBINING = re.compile("[\u0300-\u036f]")
-_WORD_WITH_ACCENTS = re.compile(f"[{_UNSPACED}]|(?:[^\\W{_UNSPACED}]|[\u0300-\u036f])+")  # slower: used only when needed
 PAIR_COLUMNS = ["item_id", "doc_id", "overlap_score", "influence_score", "influence_z", "combined_score", "leaked",
                 "flag_overlap", "flag_influence", "evidence_kind", "evidence", "item_text"]
 ITEM_COLUMNS = ["item_id", "leaked", "n_flagged", "n_copies", "max_overlap", "max_influence_z", "top_doc_id", "item_loss",
@@ -91,16 +82,6 @@ class ContaminationArgs:
 
 
 # ------------------------------------------------------------------------------------------ overlap
-
-
-def words(text: str) -> list[tuple[str, int, int]]:
-    """(normalised word, start, end) with offsets into `text` (for evidence spans)."""
-    pattern = _WORD_WITH_ACCENTS if _COMBINING.search(text) else WORD
-    return [(_norm(m.group()), m.start(), m.end()) for m in pattern.finditer(text)]
-
-
-def _norm(word: str) -> str:
-    return word.lower() if word.isascii() else unicodedata.normalize("NFKC", word).casefold()
 
 
 def _segments(texts: list[str], n: int) -> list[list[str]]:
@@ -209,43 +190,6 @@ def memorisation_z(y: np.ndarray, members: np.ndarray, lexical: np.ndarray, chun
     return _robust_z(resid).astype(np.float32)
 
 
-def _tfidf_similarity(ws, corpus: str, doc_ids: np.ndarray, texts: list[str], batch_docs: int, scan=None, on_batch=None,
-                      shards=None):
-    """(Q, N) TF-IDF cosine between items and documents (hashed features, two streaming passes over the
-    corpus); `scan(doc_id, text)` is called for every document in the second pass."""
-    from sklearn.feature_extraction.text import HashingVectorizer
-    from sklearn.preprocessing import normalize
-
-    from .corpus import iter_documents
-
-    vec = HashingVectorizer(n_features=2 ** 20, alternate_sign=False, norm=None, lowercase=True, token_pattern=WORD.pattern)
-    df = np.zeros(vec.n_features, dtype=np.int64)
-    n = 0
-    for batch in iter_documents(ws, corpus, ["doc_id", "text"], batch_docs, shards=shards):
-        X = vec.transform(batch["text"])
-        X.data[:] = 1
-        df += np.asarray(X.sum(axis=0)).ravel().astype(np.int64)
-        n += len(batch)
-    idf = np.log((1 + n) / (1 + df)) + 1.0
-    Xq = normalize(vec.transform(texts).multiply(idf).tocsr())
-    col = {int(d): i for i, d in enumerate(doc_ids)}
-    sims = np.zeros((len(texts), len(doc_ids)), dtype=np.float32)
-    done = 0
-    for batch in iter_documents(ws, corpus, ["doc_id", "text"], batch_docs, shards=shards):
-        Xd = normalize(vec.transform(batch["text"]).multiply(idf).tocsr())
-        S = (Xq @ Xd.T).toarray()
-        cols = np.array([col.get(int(d), -1) for d in batch["doc_id"]])
-        ok = cols >= 0
-        sims[:, cols[ok]] = S[:, ok]
-        if scan is not None:
-            for d, t in zip(batch["doc_id"], batch["text"]):
-                scan(int(d), t)
-        done += len(batch)
-        if on_batch:
-            on_batch(done / max(1, n))
-    return sims
-
-
 def audit_contamination(ws, run: str, benchmark, args: ContaminationArgs | None = None, out=None, progress: bool = True,
                         reporter=None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Flag training documents that leak benchmark items. Returns (pairs, items); both are written to
@@ -289,7 +233,7 @@ def _audit_contamination(ws, run, benchmark, args, out, items, rdir, config, inf
     if args.use_influence:
         opened = open_run(ws, run, _attr_args(args))
         doc_ids = opened.doc_ids
-        lexical = _tfidf_similarity(ws, config.corpus, doc_ids, texts, args.batch_docs, scan, lambda f: rep.update(0.4 * f),
+        lexical = tfidf_similarity(ws, config.corpus, doc_ids, texts, args.batch_docs, scan, lambda f: rep.update(0.4 * f),
                                     shards=config.shards)
         rep.stage("contamination: influence", f"{len(items)} items as queries")
         W, y, base = opened.influence(opened.encode(texts, [it.item_id for it in items]))  # (Q, N), (Q, K), (Q,)

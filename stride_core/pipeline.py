@@ -40,6 +40,8 @@ logger = logging.getLogger(__name__)
 ATTRIBUTION_COLUMNS = ["query_id", "prompt", "continuation", "direction", "rank", "doc_id", "score", "snippet"]
 # Parquet-only columns: the prompt text actually scored (after cutting to max_tokens) and whether it was cut.
 PROMPT_USE_COLUMNS = ["prompt_used", "truncated"]
+# Parquet-only columns of a stride+lexical ranking: the TF-IDF cosine and the z-sum the helpful rows are ranked by
+HYBRID_COLUMNS = ["lexical", "hybrid_z"]
 
 
 @dataclass
@@ -621,7 +623,14 @@ def _attribute(ws, run: str, opened: OpenRun, prompts: list[dict], args: Attribu
     rep.update(0.6, "recovering")
     W = opened.estimator.recover(y if generic is None else y - generic.y_mean[None]).influence_  # (Q, N)
     k = min(args.top_k, W.shape[1])
-    rows = ranked_rows(gens, W, base, cache.doc_ids, k)
+    lexical = None
+    if args.method == "stride+lexical":
+        from .text import tfidf_similarity
+
+        rep.update(0.7, "lexical similarity (TF-IDF over the corpus)")
+        lexical = tfidf_similarity(ws, config.corpus, cache.doc_ids, [query_text(g, args.loss_on) for g in gens],
+                                   shards=config.shards)  # (Q, N)
+    rows = ranked_rows(gens, W, base, cache.doc_ids, k, lexical)
     ranked = {r["query_id"] for r in rows}
     unranked = [g["query_id"] for g in gens if g["query_id"] not in ranked]
     if unranked:
@@ -645,16 +654,33 @@ def query_items(gens: list[dict], loss_on: str = "all") -> list[tuple[list[int],
             for g in gens]
 
 
-def ranked_rows(gens: list[dict], W: np.ndarray, base: np.ndarray, doc_ids, k: int) -> list[dict]:
-    """The attributions rows: each prompt's k most helpful and k most harmful non-zero documents."""
+def query_text(g: dict, loss_on: str = "all") -> str:
+    """The text whose loss is measured (what the lexical ranking compares with the documents)."""
+    if loss_on == "continuation" and g["continuation"]:
+        return g["continuation"]
+    return g.get("prompt_used", g["prompt"]) + g["continuation"]
+
+
+def ranked_rows(gens: list[dict], W: np.ndarray, base: np.ndarray, doc_ids, k: int, lexical: np.ndarray | None = None) -> list[dict]:
+    """The attributions rows: each prompt's k most helpful and k most harmful non-zero documents. With
+    `lexical` (Q, N) (method stride+lexical) the helpful ones are the k largest z(W) + z(lexical) (any
+    document, best first) and the rows carry the cosine and the z-sum; `score` is always STRIDE's."""
+    from .text import zscore_rows
+
     rows = []
+    hybrid = None if lexical is None else zscore_rows(W) + zscore_rows(lexical)  # (Q, N)
     for qi, g in enumerate(gens):
         helpful, harmful = top_nonzero(W[qi], k)
+        if hybrid is not None:
+            helpful = np.lexsort((np.arange(W.shape[1]), -hybrid[qi]))[:k]
         for direction, idx in (("helpful", helpful), ("harmful", harmful)):
             for rank, j in enumerate(idx, 1):
-                rows.append({"query_id": g["query_id"], "prompt": g["prompt"], "continuation": g["continuation"], "direction": direction,
-                             "rank": rank, "doc_id": int(doc_ids[j]), "score": float(W[qi, j]), "query_loss": float(base[qi]),
-                             "prompt_used": g.get("prompt_used", g["prompt"]), "truncated": bool(g.get("truncated", False))})
+                row = {"query_id": g["query_id"], "prompt": g["prompt"], "continuation": g["continuation"], "direction": direction,
+                       "rank": rank, "doc_id": int(doc_ids[j]), "score": float(W[qi, j]), "query_loss": float(base[qi]),
+                       "prompt_used": g.get("prompt_used", g["prompt"]), "truncated": bool(g.get("truncated", False))}
+                if hybrid is not None:
+                    row.update(lexical=float(lexical[qi, j]), hybrid_z=float(hybrid[qi, j]))
+                rows.append(row)
     return rows
 
 
@@ -687,7 +713,8 @@ def write_attributions(ws, run: str, config: IndexConfig, rows: list[dict], y: n
     from .locks import run_lock
 
     rdir = ws.run_dir(run)
-    df = pd.DataFrame(rows, columns=ATTRIBUTION_COLUMNS[:-1] + ["query_loss", *PROMPT_USE_COLUMNS])
+    hybrid_cols = HYBRID_COLUMNS if rows and "hybrid_z" in rows[0] else []
+    df = pd.DataFrame(rows, columns=ATTRIBUTION_COLUMNS[:-1] + ["query_loss", *PROMPT_USE_COLUMNS, *hybrid_cols])
     meta_cols = corpus_info(ws, config.corpus)["metadata_columns"]
     if len(df):
         docs = load_documents(ws, config.corpus, columns=["doc_id", "text", *meta_cols], doc_ids=sorted(set(df["doc_id"])))
@@ -697,7 +724,7 @@ def write_attributions(ws, run: str, config: IndexConfig, rows: list[dict], y: n
         df["snippet"] = pd.Series(dtype=str)
         for c in meta_cols:
             df[c] = pd.Series(dtype=str)
-    df = df[ATTRIBUTION_COLUMNS + ["query_loss", *PROMPT_USE_COLUMNS, *meta_cols]]
+    df = df[ATTRIBUTION_COLUMNS + ["query_loss", *PROMPT_USE_COLUMNS, *hybrid_cols, *meta_cols]]
     with run_lock(rdir):
         _atomic_save(lambda p: _save_npy(p, y), rdir / "last_measurements.npy")  # per-query measurements, for auditability
         _atomic_save(lambda p: df.to_parquet(p, index=False), rdir / "attributions.parquet")
@@ -747,7 +774,7 @@ def sync_attributions(ws, run: str, log_repair: bool = True) -> bool:
             return False
         df = pd.read_parquet(path) if digest else pd.DataFrame(columns=ATTRIBUTION_COLUMNS + ["query_loss"])
         fixed = ATTRIBUTION_COLUMNS + ["query_loss"]
-        meta = [c for c in df.columns if c not in fixed and c not in PROMPT_USE_COLUMNS]
+        meta = [c for c in df.columns if c not in fixed and c not in PROMPT_USE_COLUMNS and c not in HYBRID_COLUMNS]
         rows = df[fixed].copy()
         rows.insert(0, "run", run)
         rows["metadata"] = df[meta].apply(lambda r: json.dumps({k: (None if pd.isna(v) else v) for k, v in r.items()}, default=str), axis=1) if meta and len(df) else "{}"

@@ -68,7 +68,7 @@ class MinHashGuard:
         self.sigs: dict[int, np.ndarray] = {}
 
     def signature(self, text: str) -> np.ndarray:
-        from .contamination import words
+        from .text import words
 
         toks = [w for w, _, _ in words(text)]
         n = min(self.shingle, max(1, len(toks)))

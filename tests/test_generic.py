@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from stride_core.arguments import AttributeArgs
+from stride_core.corpus import load_documents
 from stride_core.errors import InputError, StrideError
 from stride_core.generic import GENERIC_FILE, GENERIC_TABLE, masked_mean
 from stride_core.pipeline import attribute, index, read_prompts
@@ -126,7 +127,35 @@ def test_truncation_names_the_index_limit(run, caplog):
     assert df["truncated"].all() and (df["prompt_used"].str.len() < len(long)).all()
 
 
+def test_stride_plus_lexical_ranks_helpful_documents_by_the_z_sum_and_keeps_strides_score(run):
+    ws = run
+    prompts = [{"query_id": "a", "prompt": "The json module"}, {"query_id": "b", "prompt": "A socket connects to"}]
+    args = dict(ARGS, top_k=8, max_new_tokens=0)
+    pure = attribute(ws, "g1", prompts, AttributeArgs(**args), progress=False)
+    hyb = attribute(ws, "g1", prompts, AttributeArgs(**args, method="stride+lexical"), progress=False)
+    assert {"lexical", "hybrid_z"} <= set(hyb.columns) and "hybrid_z" not in pure.columns
+    for q in ("a", "b"):
+        h = hyb[(hyb["query_id"] == q) & (hyb["direction"] == "helpful")].sort_values("rank")
+        assert len(h) == 8 and (np.diff(h["hybrid_z"].to_numpy()) <= 1e-12).all()  # best first
+        p = pure[pure["query_id"] == q]
+        same = h.merge(p[p["direction"] == "helpful"][["doc_id", "score"]], on="doc_id", suffixes=("", "_pure"))
+        assert np.allclose(same["score"], same["score_pure"])  # `score` is STRIDE's own
+        harm = lambda d: d[(d["query_id"] == q) & (d["direction"] == "harmful")][["doc_id", "score"]].reset_index(drop=True)  # noqa: E731
+        pd.testing.assert_frame_equal(harm(hyb), harm(pure))  # harmful documents stay STRIDE's
+    # the lexical part: the document holding the prompt's words is high; its cosine is in (0, 1]
+    docs = load_documents(ws, "small", ["doc_id", "text"])
+    src = docs[docs["text"].str.contains("json", case=False)]["doc_id"].tolist()
+    top = hyb[(hyb["query_id"] == "a") & (hyb["direction"] == "helpful")]
+    assert set(top["doc_id"]) & set(src) and top["lexical"].between(0, 1 + 1e-6).all()
+    # the DuckDB copy keeps the result-only columns out of the corpus metadata
+    with ws.connect(read_only=True) as con:
+        meta = con.execute("SELECT metadata FROM attributions WHERE run = 'g1' LIMIT 1").fetchone()[0]
+    assert "hybrid_z" not in meta and "lexical" not in meta
+
+
 def test_bad_attribute_settings():
+    with pytest.raises(StrideError, match="method"):
+        AttributeArgs(method="lexical")
     with pytest.raises(StrideError, match="ranking"):
         AttributeArgs(ranking="generic")
     with pytest.raises(StrideError, match="repetition_penalty"):
@@ -137,7 +166,7 @@ def test_tracing_bench_reports_every_method(run, tmp_path):
     from stride_core.bench.tracing import run_tracing_bench
 
     res = run_tracing_bench(run, "g1", tmp_path / "tr", n_prompts=6, k=10, device="cpu", progress=False)
-    assert set(res["methods"]) == {"stride", "stride-raw", "stride-continuation", "tfidf"}
+    assert set(res["methods"]) == {"stride", "stride-raw", "stride-continuation", "stride+lexical", "tfidf"}
     for r in res["methods"].values():
         assert 0.0 <= r["hit@10"] <= 1.0 and 0.0 < r["max_share@10"] <= 1.0
     assert res["methods"]["tfidf"]["hit@10"] >= 0.8  # a verbatim prefix is lexically its source

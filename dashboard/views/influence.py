@@ -76,18 +76,28 @@ with common.guard("the Influence explorer"):
     top = st.slider("Documents per direction", 1, max(2, k_max), min(10, k_max), key="influence_top") if k_max > 1 else 1
     helpful = rk[rk["direction"] == "helpful"].sort_values("rank").head(top)
     harmful = rk[rk["direction"] == "harmful"].sort_values("rank").head(top)
+    hybrid = "hybrid_z" in rk.columns
     show_cols = ["rank", "doc_id", "score", *meta, *(["snippet"] if "snippet" in rk.columns else [])]
-    col_cfg = {"score": st.column_config.NumberColumn("score", format="%+.4g", help="Δ loss; > 0 helpful, < 0 harmful"),
-               "snippet": st.column_config.TextColumn("snippet", width="medium")}
+    col_cfg = {"score": st.column_config.NumberColumn("score", format="%+.4g", help="STRIDE's Δ loss; > 0 helpful, < 0 harmful"),
+               "snippet": st.column_config.TextColumn("snippet", width="medium"),
+               "lexical": st.column_config.NumberColumn("lexical", format="%.3f", help="TF-IDF cosine of the text and the document"),
+               "hybrid_z": st.column_config.NumberColumn("STRIDE+lexical z", format="%+.2f",
+                                                         help="z(STRIDE score) + z(lexical), over all documents: the helpful ranking")}
 
     c_help, c_harm = st.columns(2)
     with c_help:
         st.markdown("#### :green[:material/thumb_up:] Helpful")
-        st.caption("Including the document lowers this text's loss (score > 0).")
+        if hybrid:
+            st.caption("Method stride+lexical (a hybrid): ranked by z(STRIDE score) + z(TF-IDF cosine); "
+                       "`score` is STRIDE's own Δ loss (0 = the Lasso kept no effect), shown beside the hybrid.")
+            helpful_cols = ["rank", "doc_id", "hybrid_z", "score", "lexical", *show_cols[3:]]
+        else:
+            st.caption("Including the document lowers this text's loss (score > 0).")
+            helpful_cols = show_cols
         if helpful.empty:
             st.info("No helpful documents were recovered for this prompt (all recovered scores are ≤ 0).")
         else:
-            st.dataframe(helpful[show_cols], hide_index=True, key="helpful_table", column_config=col_cfg)
+            st.dataframe(helpful[helpful_cols], hide_index=True, key="helpful_table", column_config=col_cfg)
     with c_harm:
         st.markdown("#### :red[:material/thumb_down:] Harmful")
         st.caption("Including the document raises this text's loss (score < 0).")

@@ -149,15 +149,9 @@ def register_all(methods: dict):
     methods["stride-propagated"] = stride_propagated  # D2 (a): a_k B(h_l) added at block l, run through the blocks above
 
 
-def zscore_rows(s: np.ndarray) -> np.ndarray:
-    """Per row (query), standardised over columns (documents); a constant row becomes 0."""
-    s = np.asarray(s, dtype=np.float64)
-    sd = s.std(axis=1, keepdims=True)
-    return np.where(sd > 0, (s - s.mean(axis=1, keepdims=True)) / np.where(sd > 0, sd, 1.0), 0.0)
-
-
 def _hybrid(over):
     def method(ctx):
+        from ..text import zscore_rows
         from .baselines import tfidf_scores
 
         key = (id(ctx), "stride")

@@ -9,7 +9,8 @@ for each method we report:
   median rank    of the source document (N + 1 when it is not ranked).
 Methods: STRIDE with the product's defaults (query-specific ranking, loss on prompt + continuation:
 `stride`), STRIDE on the raw measurements (`stride-raw`), STRIDE with the loss on the continuation only
-(`stride-continuation`) and TF-IDF cosine between prompt + continuation and every document (`tfidf`), on the same
+(`stride-continuation`), the labelled hybrid (`stride+lexical`: z(STRIDE) + z(TF-IDF), the product's
+`--method stride+lexical`) and TF-IDF cosine between prompt + continuation and every document (`tfidf`), on the same
 prompts and continuations. Results: DIR/results.json and a printed table.
 
 This is a memorisation test: a prompt copied from a training document is where the model's own
@@ -94,12 +95,13 @@ def run_tracing_bench(ws, run: str, out: str | Path, n_prompts: int = 30, k: int
     gens = None
     # the product's default (query-specific ranking, loss on prompt + continuation), raw measurements, and the
     # loss on the continuation only (the default before 2026-12-03, which traced nothing)
-    for name, ranking, loss_on in (("stride", "specific", "all"), ("stride-raw", "raw", "all"),
-                                   ("stride-continuation", "specific", "continuation")):
+    for name, ranking, loss_on, method in (("stride", "specific", "all", "stride"), ("stride-raw", "raw", "all", "stride"),
+                                           ("stride-continuation", "specific", "continuation", "stride"),
+                                           ("stride+lexical", "specific", "all", "stride+lexical")):
         t0 = time.perf_counter()
         df = attribute(ws, run, [{"query_id": p["query_id"], "prompt": p["prompt"]} for p in prompts],
                        AttributeArgs(top_k=max(k, 50), device=device, ranking=ranking, loss_on=loss_on, repetition_penalty=repetition_penalty,
-                                     no_repeat_ngram_size=no_repeat_ngram_size), progress=progress)
+                                     no_repeat_ngram_size=no_repeat_ngram_size, method=method), progress=progress)
         secs = time.perf_counter() - t0
         helpful = df[df["direction"] == "helpful"].sort_values(["query_id", "rank"])
         ranked_by[name] = {q: g["doc_id"].astype(int).tolist() for q, g in helpful.groupby("query_id")}
