@@ -151,6 +151,8 @@ def test_digits_harness_end_to_end(tmp_path, monkeypatch):
     assert [s["method"] for s in saved["skipped"]] == ["fakepeer"]
     assert "not installed" in saved["skipped"][0]["reason"]
     assert saved["base_model"]["train_acc"] > 0.5 and len(saved["per_query"]["tfidf"]["lds"]) == 5
+    # every method's (Q, N) scores are kept for offline checks
+    assert np.load(tmp_path / "out" / "scores" / "tfidf.npy").shape == (5, saved["ground_truth"]["n_train"])
     assert "custom" not in METHODS  # extra_methods do not leak into the registry
     again = run_lds_bench("digits-mlp", tmp_path / "out2", models=4, queries=5, methods=["random"], device="cpu",
                           cache_dir=tmp_path / "cache", progress=False, setting_overrides={"epochs": 5},
@@ -217,3 +219,13 @@ def test_ground_truth_workers_match_serial(tmp_path):
     pooled = compute_ground_truth(s, tmp_path / "b", progress=False, workers=2)
     assert pooled.n_trained == 2 and np.array_equal(serial.masks, pooled.masks)
     assert np.array_equal(serial.outputs, pooled.outputs)  # same thread count: bit-identical
+
+
+def test_paper_protocol_setting():
+    """tiny-lm-paper (PAPER.md D1): the paper's 30% subsets, more ground-truth models, a deeper model; its own caches."""
+    from stride_core.bench.settings import SETTINGS, get_setting
+
+    p, t = get_setting("tiny-lm-paper"), get_setting("tiny-lm")
+    assert (p.mask_fraction, p.n_models, p.n_layer) == (0.3, 64, 4) and (t.mask_fraction, t.n_models, t.n_layer) == (0.5, 32, 2)
+    assert p.base_key() != t.base_key() and p.name in SETTINGS
+    assert abs(p.mask(0).mean() - 0.3) < 0.06

@@ -129,7 +129,10 @@ def test_truncation_names_the_index_limit(run, caplog):
 
 def test_stride_plus_lexical_ranks_helpful_documents_by_the_z_sum_and_keeps_strides_score(run):
     ws = run
-    prompts = [{"query_id": "a", "prompt": "The json module"}, {"query_id": "b", "prompt": "A socket connects to"}]
+    docs = load_documents(ws, "small", ["doc_id", "text"])
+    src = int(docs["doc_id"].iloc[7])
+    copied = " ".join(str(docs["text"].iloc[7]).split()[:14])  # a prompt copied from one document
+    prompts = [{"query_id": "a", "prompt": copied}, {"query_id": "b", "prompt": "A socket connects to"}]
     args = dict(ARGS, top_k=8, max_new_tokens=0)
     pure = attribute(ws, "g1", prompts, AttributeArgs(**args), progress=False)
     hyb = attribute(ws, "g1", prompts, AttributeArgs(**args, method="stride+lexical"), progress=False)
@@ -142,11 +145,11 @@ def test_stride_plus_lexical_ranks_helpful_documents_by_the_z_sum_and_keeps_stri
         assert np.allclose(same["score"], same["score_pure"])  # `score` is STRIDE's own
         harm = lambda d: d[(d["query_id"] == q) & (d["direction"] == "harmful")][["doc_id", "score"]].reset_index(drop=True)  # noqa: E731
         pd.testing.assert_frame_equal(harm(hyb), harm(pure))  # harmful documents stay STRIDE's
-    # the lexical part: the document holding the prompt's words is high; its cosine is in (0, 1]
-    docs = load_documents(ws, "small", ["doc_id", "text"])
-    src = docs[docs["text"].str.contains("json", case=False)]["doc_id"].tolist()
-    top = hyb[(hyb["query_id"] == "a") & (hyb["direction"] == "helpful")]
-    assert set(top["doc_id"]) & set(src) and top["lexical"].between(0, 1 + 1e-6).all()
+    # the lexical part brings in the document the prompt was copied from, which the sparse Lasso left at 0;
+    # cosines are in [0, 1], and the copied document has the largest
+    top = hyb[(hyb["query_id"] == "a") & (hyb["direction"] == "helpful")].sort_values("rank")
+    assert src in set(top["doc_id"]) and src not in set(pure[pure["query_id"] == "a"]["doc_id"]), top
+    assert top["lexical"].between(0, 1 + 1e-6).all() and int(top.loc[top["lexical"].idxmax(), "doc_id"]) == src
     # the DuckDB copy keeps the result-only columns out of the corpus metadata
     with ws.connect(read_only=True) as con:
         meta = con.execute("SELECT metadata FROM attributions WHERE run = 'g1' LIMIT 1").fetchone()[0]

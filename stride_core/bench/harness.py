@@ -147,6 +147,7 @@ def run_method(name: str, fn: Callable, ctx, gt) -> dict:
     for k, v in timing.items():
         if k not in ("fit_seconds", "query_seconds"):
             row[f"info_{k}"] = v
+    row["_scores"] = scores
     return row
 
 
@@ -247,6 +248,10 @@ def run_lds_bench(setting_name: str, out_dir, models: int | None = None, queries
             skipped.append({"method": m, "reason": f"failed: {type(exc).__name__}: {exc}"})
             continue
         per_query[m] = {"lds": row.pop("_per_query").tolist(), "qs_lds": row.pop("_per_query_qs").tolist()}
+        # (Q, N) scores, rows = the setting's queries, columns = training documents in ctx order: for offline
+        # combinations and checks (the ground truth they are scored against is at ground_truth.path)
+        (out_dir / "scores").mkdir(parents=True, exist_ok=True)
+        np.save(out_dir / "scores" / f"{m}.npy", row.pop("_scores").astype(np.float32))
         rows.append(row)
         logger.info("%s: LDS %.3f [%.3f, %.3f], query-specific %.3f", m, row["lds_mean"], row["lds_ci_low"],
                     row["lds_ci_high"], row["qs_lds_mean"])

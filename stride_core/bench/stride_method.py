@@ -136,7 +136,11 @@ HYBRIDS = {
     "stride+lexical": {},
 }
 
-_MEMO: dict = {}  # (id(ctx), variant) -> (scores, timing): a hybrid reuses STRIDE's scores of the same call
+_MEMO: dict = {}  # (id(ctx), configuration) -> (scores, timing): a hybrid reuses STRIDE's scores of the same call
+
+
+def _memo_key(ctx, over: dict):
+    return id(ctx), repr(sorted(over.items()))
 
 
 def register_all(methods: dict):
@@ -154,10 +158,10 @@ def _hybrid(over):
         from ..text import zscore_rows
         from .baselines import tfidf_scores
 
-        key = (id(ctx), "stride")
+        key = _memo_key(ctx, over)
         if key not in _MEMO:
             _MEMO.clear()
-            _MEMO[key] = _resolve(over, None)(ctx)
+            _MEMO[key] = _resolve(over)(ctx)
         st, st_t = _MEMO[key]
         lex, lex_t = tfidf_scores(ctx)
         return zscore_rows(st) + zscore_rows(lex), {"fit_seconds": st_t["fit_seconds"] + lex_t["fit_seconds"],
@@ -166,7 +170,7 @@ def _hybrid(over):
     return method
 
 
-def _resolve(over, name):
+def _resolve(over, name=None):
     def method(ctx):
         o = dict(over)
         base = (LM if hasattr(ctx, "train_token_ids") else DIGITS)["subsets"].K
@@ -175,9 +179,8 @@ def _resolve(over, name):
         if o.get("jl_dim") == -1:  # the sketch as wide as the design (q = K)
             o["jl_dim"] = o.get("K", base)
         out = stride_method(**o)(ctx)
-        if name == "stride":  # kept for a hybrid in the same call
-            _MEMO.clear()
-            _MEMO[(id(ctx), "stride")] = out
+        _MEMO.clear()  # the latest STRIDE scores, for a hybrid of the same configuration in the same call
+        _MEMO[_memo_key(ctx, over)] = out
         return out
 
     return method
