@@ -9,6 +9,7 @@ import streamlit as st
 
 from dashboard import common, figures, queries
 from stride_core import jobs
+from stride_core.arguments import METHODS, AttributeArgs
 from stride_core.demo import default_model_dir
 from stride_core.errors import StrideError
 from stride_core.models import check_model_dir, pairing_warnings, training_record
@@ -25,6 +26,9 @@ PRESET_HELP = {
 }
 
 # `stride run` options offered as number inputs for the custom preset: flag -> (label, fallback, help).
+METHOD_HELP = ("**stride**: documents ranked by STRIDE's recovered influence (Δ loss). **stride+lexical**: a hybrid, "
+               "labelled as such: helpful documents ranked by z(STRIDE) + z(TF-IDF cosine with the prompt and continuation); "
+               "STRIDE's own score is shown beside it, and harmful documents stay STRIDE's. Measured in BENCHMARKS.md.")
 CUSTOM_FIELDS = {
     "--K": ("Subsets K", 64, "Number of random corpus subsets (one steering operator each). More subsets: "
                              "better recovery, more time. Must not exceed the number of documents."),
@@ -205,6 +209,9 @@ with common.guard("the settings section"):
     c1.caption(PRESET_HELP[choice])
     device = c2.selectbox("Device", ["auto", "cpu", "cuda"], key="device",
                           help="auto uses the GPU when there is one, the CPU otherwise.")
+    method = c2.radio("Ranking method", list(METHODS), index=list(METHODS).index(AttributeArgs().method), key="method",
+                      horizontal=True, help=METHOD_HELP)
+    extra_args += ["--method", method]
     preset = choice
     if choice == "custom":
         preset = c1.selectbox("Base preset", ["ci", "default"], key="custom_base")

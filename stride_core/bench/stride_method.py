@@ -20,9 +20,13 @@ from ..arguments import OperatorArgs, SubsetArgs
 DIGITS = dict(subsets=SubsetArgs(K=800, S=10, designs=3), operators=OperatorArgs(R=64, steps=200, tokens_per_subset=16,
                                                                                   stability_tokens=64, subset_batch=400),
               center=False, layer="act1")
+# LM: whole documents in block_size windows with fidelity tokens drawn uniformly over a subset's tokens (since
+# 2026-12-03: LDS 0.352 against 0.279 for the first block_size tokens with document-uniform draws, the earlier
+# default, which saw only each document's prefix while the ground truth and TF-IDF see all of it; PAPER.md D4/D5).
 LM = dict(subsets=SubsetArgs(K=600, S=5, designs=3), operators=OperatorArgs(R=64, steps=300, tokens_per_subset=16,
-                                                                             stability_tokens=16, subset_batch=200),
-          center=False, layer=None)
+                                                                             stability_tokens=16, subset_batch=200,
+                                                                             fidelity_sampling="token"),
+          center=False, layer=None, windows=True)
 
 
 def _run(ctx, task, train_items, query_items, cfg, batch_size, owners=None):
@@ -67,8 +71,7 @@ def stride_lm(ctx, **over):
     cfg = _merge(LM, over)
     model = ctx.load_model()
     task = CausalLMTask(model, ctx.tokenizer, layer=cfg["layer"], max_tokens=ctx.block_size)
-    # First block_size tokens of each document. Whole documents in block_size windows (owners=...) were
-    # measured worse (LDS 0.12 vs 0.18 without centring, BENCHMARKS.md), so they are not the default.
+    # Whole documents in block_size windows (owners=...), or (windows=False) the first block_size tokens of each.
     windows = cfg.get("windows", False)
     train, owners = [], []
     for i, ids in enumerate(ctx.train_token_ids):
@@ -114,7 +117,8 @@ VARIANTS = {
     "stride-linearity": {"linearity_weight": 1.0},
     "stride-nostability": {"stability_weight": 0.0},
     "stride-positive": {"positive": True},
-    "stride-windows": {"windows": True},
+    "stride-prefix": {"windows": False, "fidelity_sampling": "document"},  # the LM default until 2026-12-03
+    "stride-windows-doc": {"fidelity_sampling": "document"},  # whole documents, document-uniform fidelity draws
     "stride-K2x": {"K": -2},  # resolved per setting: twice the default K (capped at N)
     "stride-1design": {"designs": 1},
     "stride-R16": {"R": 16},
@@ -125,8 +129,7 @@ VARIANTS = {
     "stride-logits-R16": {"space": "logits", "R": 16},  # the same at the paper's rank
     "stride-paper-linearity": {"linearity_weight": 0.01, "linearity_form": "paper", "jl_dim": -1},  # D3: q = K
     "stride-paper-linearity-w0.1": {"linearity_weight": 0.1, "linearity_form": "paper", "jl_dim": -1},
-    "stride-token-sampling": {"fidelity_sampling": "token"},  # D5
-    "stride-windows-token": {"windows": True, "fidelity_sampling": "token"},  # D4 + D5: whole documents, token-weighted
+    "stride-prefix-token": {"windows": False},  # D5 alone: prefixes with token-proportional draws
     "stride-stability-complement": {"stability_excludes_members": True},  # D8
 }
 
@@ -134,6 +137,7 @@ VARIANTS = {
 # apart from pure STRIDE, whose row is always reported beside them.
 HYBRIDS = {
     "stride+lexical": {},
+    "stride-prefix+lexical": {"windows": False, "fidelity_sampling": "document"},  # the hybrid of the earlier default
 }
 
 _MEMO: dict = {}  # (id(ctx), configuration) -> (scores, timing): a hybrid reuses STRIDE's scores of the same call
