@@ -130,6 +130,7 @@ VARIANTS = {
     "stride-paper-linearity": {"linearity_weight": 0.01, "linearity_form": "paper", "jl_dim": -1},  # D3: q = K
     "stride-paper-linearity-w0.1": {"linearity_weight": 0.1, "linearity_form": "paper", "jl_dim": -1},
     "stride-prefix-token": {"windows": False},  # D5 alone: prefixes with token-proportional draws
+    "stride-prefix-1design": {"windows": False, "fidelity_sampling": "document", "designs": 1},  # beside stride-propagated-1design
     "stride-stability-complement": {"stability_excludes_members": True},  # D8
 }
 
@@ -154,7 +155,10 @@ def register_all(methods: dict):
         methods[name] = _hybrid(over)
     from .propagated import stride_propagated
 
-    methods["stride-propagated"] = stride_propagated  # D2 (a): a_k B(h_l) added at block l, run through the blocks above
+    # D2 (a): a_k B(h_l) added at block l, run through the blocks above (prefixes, document-uniform draws, as
+    # stride-prefix); on a CPU one design of it costs about as much as stride's three
+    methods["stride-propagated"] = stride_propagated
+    methods["stride-propagated-1design"] = lambda ctx: stride_propagated(ctx, designs=1)
 
 
 def _hybrid(over):
