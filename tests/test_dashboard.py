@@ -491,3 +491,29 @@ def test_influence_explorer_strikes_out_the_unused_part_of_a_truncated_prompt(po
     assert "`max_tokens`" in texts(at.warning) and "stride index --max-tokens" in texts(at.warning)
     by_label(at.selectbox, "Prompt").set_value("q01").run()  # an uncut prompt: all bold, nothing struck out
     assert "line-through" not in texts(at.markdown) and "max_tokens" not in texts(at.warning)
+
+
+def test_influence_explorer_labels_a_stride_plus_lexical_run_and_shows_both_scores(populated):
+    from dashboard_fixtures import attributions_frame
+
+    ws, _ = populated
+    d = make_run(ws, "r-hyb", "done")
+    df = attributions_frame()
+    df["prompt_used"], df["truncated"] = df["prompt"], False
+    df["lexical"] = 0.25
+    df["hybrid_z"] = 3.0 - 0.1 * df["rank"]
+    df.to_parquet(d / "attributions.parquet", index=False)
+    at = open_page("views/influence.py")
+    by_label(at.selectbox, "Run").set_value("r-hyb").run()
+    assert "stride+lexical" in texts(at.caption) and "STRIDE's own Δ loss" in texts(at.caption)
+    helpful, harmful = at.dataframe[0].value, at.dataframe[1].value
+    assert list(helpful.columns[:5]) == ["rank", "doc_id", "hybrid_z", "score", "lexical"]
+    assert "lexical" not in harmful.columns  # harmful rows stay STRIDE's
+    assert not {"lexical", "hybrid_z", "prompt_used", "truncated"} & set(queries_meta(d))  # not corpus metadata
+
+
+def queries_meta(run_dir):
+    from dashboard import queries
+
+    p = run_dir / "attributions.parquet"
+    return queries.attribution_meta_columns(str(p), p.stat().st_mtime)

@@ -116,6 +116,11 @@ def test_cli_prompt_and_completion(run, capsys):
     assert "loads a string." in capsys.readouterr().out
     assert main(["--workspace", str(ws.root), "attribute", "--run", "g1", "--completion", "x"]) == 2
     assert "either --prompts FILE or --prompt TEXT" in capsys.readouterr().err
+    out = ws.root / "hyb.parquet"
+    assert main(["--workspace", str(ws.root), "--no-progress", "attribute", "--run", "g1", "--prompt", "The json module",
+                 "--method", "stride+lexical", "--top-k", "3", "--max-new-tokens", "2", "--device", "cpu", "--out", str(out)]) == 0
+    assert {"lexical", "hybrid_z"} <= set(pd.read_parquet(out).columns)
+    assert main(["--workspace", str(ws.root), "attribute", "--run", "g1", "--prompt", "x", "--method", "lexical"]) == 2
 
 
 def test_truncation_names_the_index_limit(run, caplog):
