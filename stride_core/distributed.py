@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError, StrideError
+from .generic import remove_generic
 
 logger = logging.getLogger(__name__)
 
@@ -423,7 +424,7 @@ def _attribute(ws, run: str, prompts, comm: Comm, args, out, progress: bool, dar
         gens, y, base = comm.agree(measure_mine)
         # every process measures the same seeded reference queries (deterministic); rank 0 saves them
         generic = comm.agree(opened.generic_component, args, main) if args.ranking == "specific" else None
-        y_rank = y if generic is None else y - generic.y_mean[None]
+        y_rank = y if generic is None else remove_generic(y, generic.y_mean)
         rep.update(0.5, "recovering")
         ratio = comm.agree(choose_ratio, est, y_rank, comm, dargs.query_batch)
         k = min(args.top_k, cache.n_docs)

@@ -9,8 +9,12 @@ a short prompt and continued by the model exactly as a user's prompt is (same ge
 so their tokens come from the same distribution as the queries'. A reference document's own subsets
 see its self-effect (memorisation), not the generic one, so those entries are left out of the mean:
   c_k = mean over reference queries r with k not among r's subsets of y[r, k]       (K,)
-A prompt is then ranked by Lasso(y - c): what is specific to it. Lasso(c) itself is the "helps every
-prompt" view. The cost is fixed (n reference queries, once per run and generation setting), never
+A prompt is then ranked by Lasso(y - beta c), beta = max(0, <y, c> / <c, c>) fitted per prompt
+(`remove_generic`): what is specific to it. A prompt carries the generic component in its own amount
+(beta over a man-page run's 30 prompts: 0.16 / 1.15 / 1.56 at the 10th / 50th / 90th percentile), so
+subtracting c whole over-corrects the prompts with little of it and makes the documents of subsets with a
+low c look helpful to all of them (tracing hub share 0.13 with y - c, 0.10 with the fit; BENCHMARKS.md).
+Lasso(c) itself is the "helps every prompt" view. The cost is fixed (n reference queries, once per run and generation setting), never
 grows with the number of user prompts, and a prompt's ranking never depends on the other prompts.
 """
 
@@ -67,6 +71,19 @@ def reference_prompts(token_store, n: int, seed: int, prompt_tokens: int) -> tup
         ids = token_store.tokens(int(i))
         prompts.append(ids[: max(1, min(prompt_tokens, int(0.4 * len(ids))))])
     return rows, prompts
+
+
+def remove_generic(y: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """y (Q, K) minus each row's least-squares multiple of c (K,), the multiple floored at 0: a prompt
+    whose measurements do not contain the generic component keeps them as they are. Row by row, so a
+    prompt's result never depends on the other prompts."""
+    y = np.asarray(y)
+    c64 = np.asarray(c, dtype=np.float64)
+    cc = float(c64 @ c64)
+    if cc <= 0:
+        return y
+    beta = np.maximum(0.0, y.astype(np.float64) @ c64 / cc)  # (Q,)
+    return (y - beta[:, None] * c64[None]).astype(y.dtype)  # y's dtype: the recovery sees what it saw before
 
 
 def masked_mean(y: np.ndarray, members: np.ndarray) -> np.ndarray:

@@ -33,6 +33,7 @@ import pandas as pd
 from . import __version__
 from .arguments import LOSS_ON, AttributeArgs, CacheArgs, OperatorArgs, SubsetArgs, preset
 from .errors import InputError, RunError, StrideError
+from .generic import remove_generic
 from .progress import Reporter, read_status
 
 logger = logging.getLogger(__name__)
@@ -621,7 +622,7 @@ def _attribute(ws, run: str, opened: OpenRun, prompts: list[dict], args: Attribu
         rep.update(0.4, "generic component (reference queries)")
         generic = opened.generic_component(args)
     rep.update(0.6, "recovering")
-    W = opened.estimator.recover(y if generic is None else y - generic.y_mean[None]).influence_  # (Q, N)
+    W = opened.estimator.recover(y if generic is None else remove_generic(y, generic.y_mean)).influence_  # (Q, N)
     k = min(args.top_k, W.shape[1])
     lexical = None
     if args.method == "stride+lexical":
