@@ -168,8 +168,7 @@ def _hybrid(over):
 
         key = _memo_key(ctx, over)
         if key not in _MEMO:
-            _MEMO.clear()
-            _MEMO[key] = _resolve(over)(ctx)
+            _resolve(over)(ctx)
         st, st_t = _MEMO[key]
         lex, lex_t = tfidf_scores(ctx)
         return zscore_rows(st) + zscore_rows(lex), {"fit_seconds": st_t["fit_seconds"] + lex_t["fit_seconds"],
@@ -187,7 +186,8 @@ def _resolve(over, name=None):
         if o.get("jl_dim") == -1:  # the sketch as wide as the design (q = K)
             o["jl_dim"] = o.get("K", base)
         out = stride_method(**o)(ctx)
-        _MEMO.clear()  # the latest STRIDE scores, for a hybrid of the same configuration in the same call
+        if len(_MEMO) >= 8:  # a few recent configurations' (Q, N) scores, for hybrids later in the same call
+            _MEMO.pop(next(iter(_MEMO)))
         _MEMO[_memo_key(ctx, over)] = out
         return out
 
