@@ -114,6 +114,11 @@ class SubsetArgs(_Args):
         return d
 
 
+OPERATOR_SPACES = ("hidden", "logits")  # OperatorArgs.space: where a_k acts
+LINEARITY_FORMS = ("normalised", "paper")  # OperatorArgs.linearity_form
+FIDELITY_SAMPLING = ("document", "token")  # OperatorArgs.fidelity_sampling
+
+
 @dataclass
 class OperatorArgs(_Args):
     """Steering operators: rank R, training schedule and the three loss weights (0 switches one off)."""
@@ -144,9 +149,9 @@ class OperatorArgs(_Args):
 
     def __post_init__(self):
         check_int(self.R, "R", 1, 100_000)
-        _check(self.space in ("hidden", "logits"), "space must be 'hidden' or 'logits'")
-        _check(self.linearity_form in ("normalised", "paper"), "linearity_form must be 'normalised' or 'paper'")
-        _check(self.fidelity_sampling in ("document", "token"), "fidelity_sampling must be 'document' or 'token'")
+        _check(self.space in OPERATOR_SPACES, "space must be 'hidden' or 'logits'")
+        _check(self.linearity_form in LINEARITY_FORMS, "linearity_form must be 'normalised' or 'paper'")
+        _check(self.fidelity_sampling in FIDELITY_SAMPLING, "fidelity_sampling must be 'document' or 'token'")
         _check(isinstance(self.stability_excludes_members, bool), "stability_excludes_members must be true or false")
         check_int(self.steps, "steps", 1, 10_000_000)  # 0 steps would save untrained (all-zero) operators as an index
         check_float(self.lr, "lr", 0.0, lo_open=True)

@@ -233,6 +233,8 @@ def cmd_run(args):
 
 
 def _add_index_args(x):
+    from .arguments import FIDELITY_SAMPLING, LINEARITY_FORMS, OPERATOR_SPACES
+
     x.add_argument("--corpus", required=True, help="corpus name in the workspace")
     x.add_argument("--model", required=True, help="local Hugging Face causal-LM folder (safetensors)")
     x.add_argument("--run", required=True, help="run name (folder under workspace/runs)")
@@ -254,12 +256,12 @@ def _add_index_args(x):
     x.add_argument("--stability-weight", dest="stability_weight", type=float, default=None)
     x.add_argument("--linearity-weight", dest="linearity_weight", type=float, default=None)
     x.add_argument("--temperature", type=float, default=None)
-    x.add_argument("--operator-space", dest="space", choices=["hidden", "logits"], default=None,
+    x.add_argument("--operator-space", dest="space", choices=list(OPERATOR_SPACES), default=None,
                    help="where a_k acts: the final normed hidden state (hidden, default; a_k is R x D) or the logits "
                         "(the paper's equation; a_k is R x V, so V/D times the operator memory)")
-    x.add_argument("--linearity-form", dest="linearity_form", choices=["normalised", "paper"], default=None,
+    x.add_argument("--linearity-form", dest="linearity_form", choices=list(LINEARITY_FORMS), default=None,
                    help="with --linearity-weight > 0: the centred, normalised residual or the paper's unnormalised one")
-    x.add_argument("--fidelity-sampling", dest="fidelity_sampling", choices=["document", "token"], default=None,
+    x.add_argument("--fidelity-sampling", dest="fidelity_sampling", choices=list(FIDELITY_SAMPLING), default=None,
                    help="fidelity tokens: a uniform document then a token (document, default) or uniform over the subset's tokens")
     x.add_argument("--stability-excludes-members", dest="stability_excludes_members", action="store_const", const=True,
                    default=None, help="draw stability tokens only from documents outside the subset")

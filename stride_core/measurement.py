@@ -31,7 +31,8 @@ def measure(queries, ops, head, device: str = "cpu", logits_budget: int = 2 ** 2
     # mixing them per token (T x R x Kc x V) is cheaper than T x Kc x D x V through the head.
     if low_rank is None:
         low_rank = ops.R < ops.C
-    zero = head(torch.zeros(1, ops.D if ops.space == "logits" else ops.C, device=dev)).float() if low_rank else None  # (1, V): the head's bias
+    # (1, V): the head's bias, subtracted from head(a_k) (a logit-space a_k is already a logit shift)
+    zero = head(torch.zeros(1, ops.C, device=dev)).float() if low_rank and ops.space == "hidden" else None
     # Group queries so that (tokens in group) x V x (subset chunk) stays within the budget.
     q = 0
     bar = tqdm(total=Q, desc="measure", disable=not progress)

@@ -24,13 +24,11 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .arguments import OPERATOR_SPACES as SPACES
 from .arguments import OperatorArgs
 from .errors import RunError
 
 logger = logging.getLogger(__name__)
-
-
-SPACES = ("hidden", "logits")
 
 
 class SteeringOperators(torch.nn.Module):

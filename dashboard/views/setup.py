@@ -25,10 +25,10 @@ PRESET_HELP = {
               "any further `stride run` option.",
 }
 
-# `stride run` options offered as number inputs for the custom preset: flag -> (label, fallback, help).
 METHOD_HELP = ("**stride**: documents ranked by STRIDE's recovered influence (Δ loss). **stride+lexical**: a hybrid, "
                "labelled as such: helpful documents ranked by z(STRIDE) + z(TF-IDF cosine with the prompt and continuation); "
                "STRIDE's own score is shown beside it, and harmful documents stay STRIDE's. Measured in BENCHMARKS.md.")
+# `stride run` options offered as number inputs for the custom preset: flag -> (label, fallback, help).
 CUSTOM_FIELDS = {
     "--K": ("Subsets K", 64, "Number of random corpus subsets (one steering operator each). More subsets: "
                              "better recovery, more time. Must not exceed the number of documents."),

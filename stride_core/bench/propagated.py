@@ -117,7 +117,7 @@ def train_propagated(model, layer_module, docs: list[list[int]], design, R: int 
     return ops.eval()
 
 
-def measure_propagated(model, layer_module, ops, queries: list[tuple[list[int], int]], K: int, pad: int = 0,
+def measure_propagated(model, layer_module, ops, queries: list[tuple[list[int], int]], K: int,
                        subset_chunk: int = 200) -> np.ndarray:
     """queries[q] = (input ids with the BOS first, n_prompt: leading targets not counted). y (Q, K) =
     base loss - steered loss, the loss being the mean NLL of the counted targets."""
@@ -169,6 +169,6 @@ def stride_propagated(ctx, K: int = 600, S: int = 5, designs: int = 3, R: int = 
     queries = [([eos, *p, *c], len(p)) for p, c in zip(ctx.query_prompt_ids, ctx.query_cont_ids)]
     scores = []
     for d, ops in fitted:
-        y = measure_propagated(model, block, ops, queries, d.K, pad=eos)
+        y = measure_propagated(model, block, ops, queries, d.K)
         scores.append(LassoRecovery(rule="1se").fit(d, y).influence_)
     return np.mean(scores, axis=0), {"fit_seconds": fit_s, "query_seconds": time.perf_counter() - t1, "layer": layer}

@@ -150,7 +150,7 @@ def _memo_key(ctx, over: dict):
 
 def register_all(methods: dict):
     for name, over in VARIANTS.items():
-        methods[name] = _resolve(over, name)
+        methods[name] = _resolve(over)
     for name, over in HYBRIDS.items():
         methods[name] = _hybrid(over)
     from .propagated import stride_propagated
@@ -177,7 +177,7 @@ def _hybrid(over):
     return method
 
 
-def _resolve(over, name=None):
+def _resolve(over):
     def method(ctx):
         o = dict(over)
         base = (LM if hasattr(ctx, "train_token_ids") else DIGITS)["subsets"].K
