@@ -382,6 +382,12 @@ def attribute(ws, run: str, prompts, comm: Comm, args=None, out=None, progress: 
     writes them); the other ranks return None."""
     from .locks import run_lock
 
+    if args is not None and args.method != "stride":
+        # the ranks keep only each prompt's top documents (recover_top), never a prompt's score for every document,
+        # which the hybrid's z-scores need: say so instead of ranking by STRIDE alone under the hybrid's name
+        raise InputError(f"--method {args.method} is not available in the multi-process attribute; run `stride attribute "
+                         f"--method {args.method}` (one process) or drop --method")
+
     with run_lock(ws.run_dir(run)) if comm.is_main else contextlib.nullcontext():  # rank 0 holds the run for all ranks
         return _attribute(ws, run, prompts, comm, args, out, progress, dargs)
 

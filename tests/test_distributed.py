@@ -11,7 +11,7 @@ import pytest
 
 from stride_core.arguments import AttributeArgs
 from stride_core.distributed import Comm, DataParallel, DistArgs, token_blocks, top_rows
-from stride_core.errors import StrideError
+from stride_core.errors import InputError, StrideError
 from stride_core.pipeline import attribute, index, make_config
 
 PROMPTS = ["The json module", "Logging handlers", "Regular expressions match", "Open a file"]
@@ -117,3 +117,10 @@ def test_one_process_comm_and_arguments():
     for bad in (dict(backend="mpi"), dict(query_batch=0), dict(timeout_s=0)):
         with pytest.raises(StrideError):
             DistArgs(**bad)
+
+
+def test_the_hybrid_method_is_refused_not_silently_dropped():
+    from stride_core import distributed
+
+    with pytest.raises(InputError, match="stride\\+lexical.*one process"):
+        distributed.attribute(None, "r", [{"prompt": "x"}], Comm(), AttributeArgs(method="stride+lexical"))
