@@ -1,7 +1,7 @@
 """STRIDE audit dashboard: the router. Start with `stride app` (which sets STRIDE_WORKSPACE).
 
 Pages live in views/*.py; SQL in queries.py; plotly figures in figures.py. The dashboard only reads
-the workspace: runs are background jobs (stride_core.jobs) that write their own run folders.
+the workspace: runs are background jobs (stride_core.runs.jobs) that write their own run folders.
 
 The page folder is deliberately not called `pages/`: Streamlit treats a `pages/` folder next to the
 main script as a v1 multipage app and then runs a page file directly (without this router, its layout
@@ -16,7 +16,7 @@ from pathlib import Path
 import streamlit as st
 
 from dashboard import common
-from stride_core import jobs
+from stride_core.runs import jobs
 
 logging.getLogger("dashboard").setLevel(logging.INFO)
 HERE = Path(__file__).resolve().parent

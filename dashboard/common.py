@@ -10,8 +10,8 @@ from pathlib import Path
 import streamlit as st
 
 from stride_core.errors import InputError, StrideError
-from stride_core.items import PASTE_MODES, parse_pasted
-from stride_core.workspace import Workspace, default_workspace
+from stride_core.store.items import PASTE_MODES, parse_pasted
+from stride_core.store.workspace import Workspace, default_workspace
 
 logger = logging.getLogger("dashboard")
 
@@ -142,7 +142,7 @@ def app_dir() -> Path:
 def audit_launcher(ws, run: dict, kind: str, expanded: bool) -> None:
     """Form that starts `stride audit contamination|select` on a finished run as a background job, and the
     live status of the latest audit job of that run (refreshed every 2 s while it runs)."""
-    from stride_core import jobs
+    from stride_core.runs import jobs
 
     what = "benchmark items" if kind == "contamination" else "target examples"
     title = "Run a contamination audit" if kind == "contamination" else "Run a data-selection audit"

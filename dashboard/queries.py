@@ -9,7 +9,7 @@ Two sources:
 Cached functions take a `version` argument (the file's modification time): results refresh as soon as
 a job rewrites the file, and the TTL bounds how stale anything else can get. Every value is a bound parameter; identifiers
 (corpus tables, metadata columns, which come from input files) are quoted by
-`stride_core.identifiers.quote_ident` alone and never interpolated any other way.
+`stride_core.store.identifiers.quote_ident` alone and never interpolated any other way.
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ import duckdb
 import pandas as pd
 import streamlit as st
 
-from stride_core.corpus import RESERVED_COLUMNS, docs_table
+from stride_core.store.corpus import RESERVED_COLUMNS, docs_table
 from stride_core.errors import StrideError
-from stride_core.identifiers import quote_ident
-from stride_core.jobs import RESULT_FILES
-from stride_core.workspace import Workspace
+from stride_core.store.identifiers import quote_ident
+from stride_core.runs.jobs import RESULT_FILES
+from stride_core.store.workspace import Workspace
 
 TTL_S = 30
 LOCK_TIMEOUT_S = 8.0
@@ -180,7 +180,7 @@ def _direction_expr(cols: list[str]) -> str:
     return "direction" if "direction" in cols else "CASE WHEN score >= 0 THEN 'helpful' ELSE 'harmful' END"
 
 
-# attributions.parquet columns that are not corpus metadata (stride_core.pipeline PROMPT_USE_COLUMNS, HYBRID_COLUMNS)
+# attributions.parquet columns that are not corpus metadata (stride_core.runs.pipeline PROMPT_USE_COLUMNS, HYBRID_COLUMNS)
 RESULT_ONLY_COLUMNS = ("prompt_used", "truncated", "lexical", "hybrid_z")
 
 

@@ -1,6 +1,6 @@
 """Drive the dashboard in a real headless chromium (Debian's /usr/bin/chromium through playwright).
 
-Used by tests/test_browser.py, and runnable to refresh the README screenshots of a running app:
+Used by tests/dashboard/test_browser.py, and runnable to refresh the README screenshots of a running app:
 
     python tests/browser_helpers.py http://127.0.0.1:8501 docs/screenshots
 """

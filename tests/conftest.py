@@ -18,7 +18,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture
 def ws(tmp_path):
-    from stride_core.workspace import Workspace
+    from stride_core.store.workspace import Workspace
 
     return Workspace(tmp_path / "ws").ensure()
 
@@ -26,8 +26,8 @@ def ws(tmp_path):
 @pytest.fixture(scope="session")
 def pydocs_ws(tmp_path_factory):
     """A workspace holding the default corpus and a ci-preset model (built once per session)."""
-    from stride_core.demo import ensure_default_model
-    from stride_core.workspace import Workspace
+    from stride_core.runs.demo import ensure_default_model
+    from stride_core.store.workspace import Workspace
 
     ws = Workspace(tmp_path_factory.mktemp("pydocs_ws")).ensure()
     model_dir = ensure_default_model(ws, preset="ci", device="cpu", progress=False)
@@ -38,8 +38,8 @@ def pydocs_ws(tmp_path_factory):
 def small_run(pydocs_ws, tmp_path_factory):
     """Corpus "small" (the first 160 pydocs documents) indexed as run "r1" with the ci preset, K=40, 20 steps
     (built once per session). Returns (workspace, model folder, IndexConfig)."""
-    from stride_core.corpus import import_corpus, list_corpora, load_documents
-    from stride_core.pipeline import index, make_config
+    from stride_core.store.corpus import import_corpus, list_corpora, load_documents
+    from stride_core.runs.pipeline import index, make_config
 
     ws, model_dir = pydocs_ws
     src = tmp_path_factory.mktemp("small") / "small.jsonl"

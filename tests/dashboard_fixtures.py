@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from stride_core.corpus import ImportOptions, import_corpus
-from stride_core.progress import RunStatus, write_status
-from stride_core.workspace import Workspace
+from stride_core.store.corpus import ImportOptions, import_corpus
+from stride_core.runs.progress import RunStatus, write_status
+from stride_core.store.workspace import Workspace
 
 TOPICS = ["json", "logging", "re", "subprocess", "pathlib", "csv"]
 PROMPTS = {
@@ -103,7 +103,7 @@ def populate(root: Path) -> tuple[Workspace, subprocess.Popen]:
 FAKE_ENGINE = r"""
 import os, sys, time
 from pathlib import Path
-from stride_core.progress import Reporter
+from stride_core.runs.progress import Reporter
 run_dir, mode = Path(sys.argv[1]), sys.argv[2]
 rep = Reporter(run_dir, run=run_dir.name, min_interval=0)
 rep.stage("attribute", "fake engine")

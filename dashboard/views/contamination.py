@@ -8,7 +8,7 @@ import html
 import streamlit as st
 
 from dashboard import common, figures, queries
-from stride_core import jobs
+from stride_core.runs import jobs
 
 ws = common.workspace()
 root = str(ws.root)

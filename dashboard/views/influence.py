@@ -9,7 +9,7 @@ import streamlit as st
 
 from dashboard import common, figures, queries
 from dashboard.highlight import highlight_html
-from stride_core import jobs
+from stride_core.runs import jobs
 
 ws = common.workspace()
 root = str(ws.root)

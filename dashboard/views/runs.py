@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import common
-from stride_core import jobs
+from stride_core.runs import jobs
 
 REFRESH_S = 2.0
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import common, figures, queries
-from stride_core import jobs
+from stride_core.runs import jobs
 
 ws = common.workspace()
 root = str(ws.root)

@@ -8,12 +8,12 @@ import shlex
 import streamlit as st
 
 from dashboard import common, figures, queries
-from stride_core import jobs
-from stride_core.arguments import METHODS, AttributeArgs
-from stride_core.demo import default_model_dir
+from stride_core.runs import jobs
+from stride_core.method.arguments import METHODS, AttributeArgs
+from stride_core.runs.demo import default_model_dir
 from stride_core.errors import StrideError
-from stride_core.models import check_model_dir, pairing_warnings, training_record
-from stride_core.workspace import validate_name
+from stride_core.store.models import check_model_dir, pairing_warnings, training_record
+from stride_core.store.workspace import validate_name
 
 PAGE_SIZE = 20
 PRESET_HELP = {
@@ -45,7 +45,7 @@ CUSTOM_FIELDS = {
 def _preset_values(name: str) -> dict:
     """The preset's values for CUSTOM_FIELDS, from the engine's argument dataclasses (empty if unavailable)."""
     try:
-        from stride_core.arguments import AttributeArgs, preset
+        from stride_core.method.arguments import AttributeArgs, preset
     except ImportError:
         return {}
     p = preset(name)
@@ -260,7 +260,7 @@ with common.guard("the model/corpus pairing check"):
     if corpus:
         if kind == "builtin" and not jobs.builtin_model_ready(ws, model_preset):
             # not trained yet: what it will be trained on (the preset's document cap over pydocs)
-            from stride_core.tiny_model import TinyModelArgs
+            from stride_core.store.tiny_model import TinyModelArgs
 
             n_py = int(cdf.set_index("name").loc["pydocs", "n_docs"]) if "pydocs" in names else None
             cap = TinyModelArgs.preset(model_preset).max_docs

@@ -86,7 +86,7 @@ def build_bench_corpus(docs: list[dict], cfg: AuditBenchConfig) -> tuple[list[di
     cand = rng.permutation(np.setdiff1d(np.flatnonzero(n_words >= cfg.item_words + 8), targets))
     # an item must be new to the corpus: pydocs repeats some docstrings (inherited methods), so skip
     # candidates whose opening words already occur elsewhere (8-gram containment >= 0.2)
-    from ..contamination import NgramIndex
+    from ..audits.contamination import NgramIndex
 
     openings = [" ".join(docs[i]["text"].split()[: cfg.item_words]) for i in cand[: 4 * n_items]]
     index = NgramIndex(openings, 8)
@@ -138,11 +138,11 @@ def build_bench_corpus(docs: list[dict], cfg: AuditBenchConfig) -> tuple[list[di
 
 def prepare(out_dir, cfg: AuditBenchConfig, device: str = "cpu", progress: bool = True) -> dict:
     """Build (or reuse) the audit-bench workspace in out_dir/ws: corpus, model, indexed run."""
-    from ..corpus import corpus_info, import_records, list_corpora
-    from ..pipeline import index, make_config
-    from ..pydocs import iter_pydocs
-    from ..tiny_model import TinyModelArgs, train_tiny
-    from ..workspace import Workspace
+    from ..store.corpus import corpus_info, import_records, list_corpora
+    from ..runs.pipeline import index, make_config
+    from ..store.pydocs import iter_pydocs
+    from ..store.tiny_model import TinyModelArgs, train_tiny
+    from ..store.workspace import Workspace
 
     out = Path(out_dir)
     ws = Workspace(out / "ws").ensure()
@@ -163,7 +163,7 @@ def prepare(out_dir, cfg: AuditBenchConfig, device: str = "cpu", progress: bool 
             for i in range(0, len(records), 4096):
                 yield records[i:i + 4096]
 
-        from ..corpus import ImportOptions
+        from ..store.corpus import ImportOptions
 
         import_records(ws, CORPUS, ["source", "object", "kind", "role", "planted_item"], batches(),
                        ImportOptions(text_field="text", shard_size=1000), "audit-bench", CORPUS)
@@ -223,10 +223,10 @@ def _best_threshold(score: pd.Series, decoy: pd.Series, max_rate: float, n_decoy
 
 
 def run_contamination_bench(out_dir, cfg: AuditBenchConfig | None = None, device: str = "auto", progress: bool = True) -> dict:
-    from ..contamination import ContaminationArgs, audit_contamination
-    from ..corpus import load_documents
-    from ..models import resolve_device
-    from ..workspace import Workspace
+    from ..audits.contamination import ContaminationArgs, audit_contamination
+    from ..store.corpus import load_documents
+    from ..store.models import resolve_device
+    from ..store.workspace import Workspace
 
     cfg = cfg or AuditBenchConfig()
     dev = resolve_device(device)
@@ -298,7 +298,7 @@ class SelectionBenchConfig:
 def _tfidf_select(ws, targets: list[str], budget: int) -> list[int]:
     from sklearn.feature_extraction.text import TfidfVectorizer
 
-    from ..corpus import load_documents
+    from ..store.corpus import load_documents
 
     docs = load_documents(ws, CORPUS, ["doc_id", "text"])
     vec = TfidfVectorizer(sublinear_tf=True, token_pattern=r"(?u)\b\w+\b").fit(docs["text"])
@@ -311,7 +311,7 @@ def _bm25_select(ws, targets: list[str], budget: int, k1: float = 1.5, b: float 
     over targets after dividing by each target's best score."""
     from sklearn.feature_extraction.text import CountVectorizer
 
-    from ..corpus import load_documents
+    from ..store.corpus import load_documents
 
     docs = load_documents(ws, CORPUS, ["doc_id", "text"])
     vec = CountVectorizer(token_pattern=r"(?u)\b\w+\b").fit(docs["text"])
@@ -336,8 +336,8 @@ def _train_and_eval(ws, model_dir: Path, doc_ids: list[int], targets: list[str],
     import torch
     from transformers import AutoTokenizer, GPT2LMHeadModel
 
-    from ..corpus import load_documents
-    from ..tiny_model import TinyModelArgs, build_config, eval_loss, pack, train_lm
+    from ..store.corpus import load_documents
+    from ..store.tiny_model import TinyModelArgs, build_config, eval_loss, pack, train_lm
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     args = TinyModelArgs.preset("ci")
@@ -357,10 +357,10 @@ def run_selection_bench(out_dir, cfg: AuditBenchConfig | None = None, scfg: Sele
                         device: str = "auto", progress: bool = True) -> dict:
     from scipy import stats
 
-    from ..corpus import load_documents
-    from ..models import resolve_device
-    from ..selection import SelectionArgs, audit_select
-    from ..workspace import Workspace
+    from ..store.corpus import load_documents
+    from ..store.models import resolve_device
+    from ..audits.selection import SelectionArgs, audit_select
+    from ..store.workspace import Workspace
 
     cfg, scfg = cfg or AuditBenchConfig(), scfg or SelectionBenchConfig()
     dev = resolve_device(device)

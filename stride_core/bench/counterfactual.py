@@ -128,8 +128,8 @@ def run_counterfactual(setting_name: str, out_dir, queries: int = 20, ks=(10, 50
                        random_seeds: int = 2, device: str = "auto", cache_dir=None, workers: int = 1,
                        threads: int | None = None, extra_methods: dict | None = None,
                        setting_overrides: dict | None = None, print_table: bool = True) -> dict:
-    from ..arguments import parse_int_list
-    from ..models import resolve_device
+    from ..method.arguments import parse_int_list
+    from ..store.models import resolve_device
     from .harness import METHODS, write_json
     from .settings import get_setting, torch_threads
 
@@ -250,7 +250,7 @@ def format_table(rows: list[dict]) -> str:
 
 
 def cmd_bench_counterfactual(args):
-    from ..workspace import default_workspace
+    from ..store.workspace import default_workspace
 
     cache = args.cache or os.environ.get("STRIDE_BENCH_CACHE") or Path(args.workspace or default_workspace()) / "bench"
     run_counterfactual(args.setting, args.out, queries=args.queries, ks=args.k, methods=args.methods,
@@ -259,7 +259,7 @@ def cmd_bench_counterfactual(args):
 
 
 def register(bench_subparsers, common_parent):
-    """`stride bench counterfactual ...` (appended to stride_core.cli_ext.BENCH_REGISTRATIONS)."""
+    """`stride bench counterfactual ...` (added by stride_core.bench.commands)."""
     x = bench_subparsers.add_parser("counterfactual", parents=[common_parent],
                                     help="remove each query's top-k documents, retrain, compare with random removal")
     x.add_argument("--setting", default="tiny-lm", choices=sorted(SETTINGS))

@@ -189,7 +189,7 @@ def run_lds_bench(setting_name: str, out_dir, models: int | None = None, queries
     always train with the setting's `train_threads` (default 1). `noise_ceiling=n` retrains the
     first n ground-truth masks with fresh seeds and reports how reproducible the outputs are
     (`ground_truth.rerun`, see `ground_truth.rerun_consistency`)."""
-    from ..models import resolve_device
+    from ..store.models import resolve_device
     from .ground_truth import compute_ground_truth, rerun_consistency
     from .settings import get_setting, torch_threads
 
@@ -323,7 +323,7 @@ def _json_default(o):
 
 
 def cmd_bench_lds(args):
-    from ..workspace import default_workspace
+    from ..store.workspace import default_workspace
 
     cache = args.cache or os.environ.get("STRIDE_BENCH_CACHE") or Path(args.workspace or default_workspace()) / "bench"
     run_lds_bench(args.setting, args.out, models=args.models, queries=args.queries, methods=args.methods,
@@ -332,7 +332,7 @@ def cmd_bench_lds(args):
 
 
 def register(subparsers, common_parent):
-    """`stride bench lds ...` (registered through stride_core.cli_ext.REGISTRATIONS)."""
+    """`stride bench` and `stride bench lds ...`; returns the bench subparsers (bench.commands adds the other actions)."""
     pb = subparsers.add_parser("bench", help="benchmarks: LDS against retrained ground-truth models", parents=[common_parent])
     sb = pb.add_subparsers(dest="bench_command", metavar="ACTION", required=True)
     x = sb.add_parser("lds", help="linear datamodeling score of attribution methods on a benchmark setting",
@@ -352,7 +352,4 @@ def register(subparsers, common_parent):
                    help="retrain the first N masks with fresh seeds to measure ground-truth reproducibility")
     x.add_argument("--out", required=True, help="output folder for results.json")
     x.set_defaults(func=cmd_bench_lds)
-    from ..cli_ext import BENCH_REGISTRATIONS
-
-    for register_bench in BENCH_REGISTRATIONS:  # other `stride bench ACTION`s: register(bench_subparsers, common_parent)
-        register_bench(sb, common_parent)
+    return sb

@@ -167,7 +167,7 @@ def _lm_linear_model(ctx: LMContext):
     """A fresh copy of the base LM with Conv1D -> nn.Linear (checked to give the same logits)."""
     import torch
 
-    from ..models import load_model_and_tokenizer
+    from ..store.models import load_model_and_tokenizer
 
     ref = ctx.load_model()
     model, _ = load_model_and_tokenizer(ctx.model_dir, device=ctx.device)
@@ -344,7 +344,7 @@ def dattri_trak_scores(ctx, proj_dim: int = TRAK_PROJ_DIM, batch_size: int = 64)
         train_margin = query_margin = margin
         owner = None
     elif isinstance(ctx, LMContext):
-        from ..models import load_model_and_tokenizer
+        from ..store.models import load_model_and_tokenizer
 
         model, _ = load_model_and_tokenizer(ctx.model_dir, device=ctx.device)
         model.eval()

@@ -129,7 +129,7 @@ def cmd_bench_plot(args):
 
 
 def register(bench_subparsers, common_parent):
-    """`stride bench plot ...` (appended to stride_core.cli_ext.BENCH_REGISTRATIONS)."""
+    """`stride bench plot ...` (added by stride_core.bench.commands)."""
     x = bench_subparsers.add_parser("plot", help="PNG of LDS against total time (fit + query), one point per method",
                                     parents=[common_parent])
     x.add_argument("--results", nargs="+", required=True, metavar="RESULTS_JSON",

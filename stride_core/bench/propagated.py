@@ -145,9 +145,9 @@ def measure_propagated(model, layer_module, ops, queries: list[tuple[list[int], 
 def stride_propagated(ctx, K: int = 600, S: int = 5, designs: int = 3, R: int = 64, steps: int = 300, layer: str | None = None):
     """The bench method: ((Q, N) scores, timing) on an LMContext."""
     from ..errors import StrideError
-    from ..recovery import LassoRecovery
-    from ..subsets import SubsetDesign
-    from ..tasks import decoder_blocks, find_module
+    from ..method.recovery import LassoRecovery
+    from ..method.subsets import SubsetDesign
+    from ..method.tasks import decoder_blocks, find_module
 
     if not hasattr(ctx, "train_token_ids"):
         raise StrideError("stride-propagated steers a decoder block of a language model: use an LM setting (tiny-lm, tiny-lm-paper)")

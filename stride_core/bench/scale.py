@@ -7,7 +7,7 @@ not depend on the weights):
 
 - floor:      a plain forward pass of the transformer body over the same length-sorted batches (no
               hooks, nothing copied off the device, outputs discarded): the least any method pays;
-- tokens:     writing the synthetic token store (stride_core.tokens), chunk by chunk;
+- tokens:     writing the synthetic token store (stride_core.store.tokens), chunk by chunk;
 - cache:      `activations.build_cache` (hooks, fp16 memmaps, done mask): tokens/s and its ratio to
               the floor's tokens/s (issue target: >= 1/3);
 - subsets:    `SubsetDesign.random`;
@@ -107,7 +107,7 @@ def _model(args: ScaleArgs, device: str):
     import torch
     from transformers import GPT2LMHeadModel
 
-    from ..tiny_model import TinyModelArgs, build_config
+    from ..store.tiny_model import TinyModelArgs, build_config
 
     targs = TinyModelArgs(vocab_size=args.vocab_size, n_layer=args.n_layer, n_embd=args.n_embd, n_head=args.n_head,
                           block_size=max(8, args.doc_tokens))
@@ -217,14 +217,14 @@ def run_size(N: int, args: ScaleArgs, work: Path) -> dict:
     """Every stage for one corpus size; returns the row for results.json."""
     import torch
 
-    from ..activations import FeatureCache, build_cache, features_in_memory
-    from ..arguments import OperatorArgs, SubsetArgs
-    from ..distributed import top_rows
-    from ..estimator import StrideEstimator
-    from ..models import resolve_device
-    from ..subsets import SubsetDesign
-    from ..tasks import CausalLMTask
-    from ..tokens import write_store
+    from ..method.activations import FeatureCache, build_cache, features_in_memory
+    from ..method.arguments import OperatorArgs, SubsetArgs
+    from ..runs.distributed import top_rows
+    from ..method.estimator import StrideEstimator
+    from ..store.models import resolve_device
+    from ..method.subsets import SubsetDesign
+    from ..method.tasks import CausalLMTask
+    from ..store.tokens import write_store
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -344,7 +344,7 @@ def format_table(rows: list[dict]) -> str:
 def run_scale_bench(out: str | Path, args: ScaleArgs | None = None) -> dict:
     """Every size in `args.sizes` (smallest first); writes out/results.json after each size (a later
     failure keeps the finished rows) and returns the results dict."""
-    from ..models import resolve_device
+    from ..store.models import resolve_device
 
     args = args or ScaleArgs()
     out = Path(out)
@@ -373,7 +373,7 @@ def run_scale_bench(out: str | Path, args: ScaleArgs | None = None) -> dict:
 
 
 def cmd_bench_scale(args):
-    from ..arguments import parse_int_list
+    from ..method.arguments import parse_int_list
 
     sizes = tuple(parse_int_list(args.sizes, "--sizes", minimum=1))
     sa = ScaleArgs(sizes=sizes, doc_tokens=args.doc_tokens, K=args.K, S=args.S, R=args.R, steps=args.steps,
@@ -388,7 +388,7 @@ def cmd_bench_scale(args):
 
 
 def register(bench_subparsers, common_parent):
-    """`stride bench scale ...` (appended to stride_core.cli_ext.BENCH_REGISTRATIONS)."""
+    """`stride bench scale ...` (added by stride_core.bench.commands)."""
     d = ScaleArgs()
     x = bench_subparsers.add_parser("scale", help="time and memory of indexing and querying as the corpus grows "
                                                   "(synthetic tokens, built-in model family)", parents=[common_parent])

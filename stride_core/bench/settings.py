@@ -354,10 +354,10 @@ def split_prompt(tok, ids: list[int], fraction: float) -> int | None:
 @dataclass
 class LMContext(BenchContext):
     """Context for `tiny-lm`. The base model lives in `model_dir` (HF format, safetensors; load it with
-    `stride_core.models.load_model_and_tokenizer(model_dir)` or `ctx.load_model()`).
+    `stride_core.store.models.load_model_and_tokenizer(model_dir)` or `ctx.load_model()`).
 
     Training documents: `train_texts[i]` has stable id `train_ids[i]` (its index in
-    `stride_core.pydocs.iter_pydocs()` order) and token ids `train_token_ids[i]` (no special tokens;
+    `stride_core.store.pydocs.iter_pydocs()` order) and token ids `train_token_ids[i]` (no special tokens;
     training packs them with `<eos>` separators into `block_size` windows).
     Queries: `query_prompts[q] + query_continuations[q] == query_texts[q]` (a held-out document cut to
     `block_size` tokens); the output is the mean NLL of the continuation given `<eos> + prompt`
@@ -397,7 +397,7 @@ class LMContext(BenchContext):
 
     def load_model(self, device: str | None = None):
         """The base model (cached per context), eval mode."""
-        from ..models import load_model_and_tokenizer
+        from ..store.models import load_model_and_tokenizer
 
         dev = device or self.device
         if self._model is None or str(next(self._model.parameters()).device) != str(dev):
@@ -440,7 +440,7 @@ class TinyLMSetting(Setting):
             raise StrideError("min_query_tokens must be >= 8")
 
     def train_args(self, seed: int):
-        from ..tiny_model import TinyModelArgs
+        from ..store.tiny_model import TinyModelArgs
 
         return TinyModelArgs(vocab_size=self.vocab_size, n_layer=self.n_layer, n_embd=self.n_embd, n_head=self.n_head,
                              block_size=self.block_size, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
@@ -448,7 +448,7 @@ class TinyLMSetting(Setting):
 
     def select_docs(self) -> dict:
         """Deterministic train / candidate-query / validation positions in iter_pydocs() order."""
-        from ..pydocs import iter_pydocs
+        from ..store.pydocs import iter_pydocs
 
         docs = list(iter_pydocs())
         if self.n_train + self.n_query + self.n_val_docs > len(docs):
@@ -464,7 +464,7 @@ class TinyLMSetting(Setting):
         import torch
         from transformers import GPT2LMHeadModel
 
-        from ..tiny_model import build_config, pack, train_lm
+        from ..store.tiny_model import build_config, pack, train_lm
 
         args = self.train_args(seed)
         with torch.random.fork_rng(devices=[]):
@@ -478,7 +478,7 @@ class TinyLMSetting(Setting):
     def build_context(self, cache_dir, device: str = "cpu", progress: bool = True) -> LMContext:
         from transformers import AutoTokenizer
 
-        from ..tiny_model import eval_loss, train_tokenizer, unigram_loss
+        from ..store.tiny_model import eval_loss, train_tokenizer, unigram_loss
 
         sel = self.select_docs()
         docs = sel["docs"]

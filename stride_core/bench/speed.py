@@ -33,12 +33,12 @@ logger = logging.getLogger(__name__)
 def run_measure_bench(ws, run: str, queries: int = 32, repeats: int = 3, device: str = "auto", out=None) -> dict:
     import torch
 
-    from ..activations import features_in_memory
-    from ..arguments import AttributeArgs
-    from ..corpus import load_documents
+    from ..method.activations import features_in_memory
+    from ..method.arguments import AttributeArgs
+    from ..store.corpus import load_documents
     from ..errors import StrideError
-    from ..measurement import measure
-    from ..pipeline import open_run
+    from ..method.measurement import measure
+    from ..runs.pipeline import open_run
 
     if queries < 1 or repeats < 1:
         raise StrideError("queries and repeats must be >= 1")
@@ -85,9 +85,9 @@ def run_recovery_bench(N: int = 100_000, K: int = 1000, S: int = 10, queries: in
                        noise: float = 0.3, repeats: int = 3, device: str = "cpu", seed: int = 0, out=None) -> dict:
     import torch
 
-    from .. import recovery
+    from ..method import recovery
     from ..errors import StrideError
-    from ..subsets import SubsetDesign
+    from ..method.subsets import SubsetDesign
 
     if min(N, K, S, queries, support, repeats) < 1 or K > N or support > N:
         raise StrideError("N, K, S, queries, support, repeats must be >= 1, with K <= N and support <= N")
@@ -138,13 +138,13 @@ def cmd_bench_recovery(args):
 
 
 def cmd_bench_measure(args):
-    from ..cli import _ws
+    from ..store.workspace import workspace_at
 
-    run_measure_bench(_ws(args), args.run, queries=args.queries, repeats=args.repeats, device=args.device, out=args.out)
+    run_measure_bench(workspace_at(args.workspace), args.run, queries=args.queries, repeats=args.repeats, device=args.device, out=args.out)
 
 
 def register(bench_subparsers, common_parent):
-    """`stride bench measure|recovery ...` (appended to stride_core.cli_ext.BENCH_REGISTRATIONS)."""
+    """`stride bench measure|recovery ...` (added by stride_core.bench.commands)."""
     x = bench_subparsers.add_parser("measure", parents=[common_parent],
                                     help="time the direct and low-rank measurement paths on a finished run")
     x.add_argument("--run", required=True, help="a finished run in the workspace")

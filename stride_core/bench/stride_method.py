@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from ..arguments import OperatorArgs, SubsetArgs
+from ..method.arguments import OperatorArgs, SubsetArgs
 
 # torch-dependent modules are imported inside the methods: the CLI imports this registry at start-up.
 
@@ -32,8 +32,8 @@ LM = dict(subsets=SubsetArgs(K=600, S=5, designs=3), operators=OperatorArgs(R=64
 def _run(ctx, task, train_items, query_items, cfg, batch_size, owners=None):
     """owners[i] = training document of item i (an LM document longer than the context is cut into
     consecutive windows whose token rows are joined back into one document)."""
-    from ..activations import features_in_memory
-    from ..estimator import StrideEstimator
+    from ..method.activations import features_in_memory
+    from ..method.estimator import StrideEstimator
 
     t0 = time.perf_counter()
     train = features_in_memory(task, train_items, batch_size)
@@ -55,7 +55,7 @@ def _run(ctx, task, train_items, query_items, cfg, batch_size, owners=None):
 def stride_digits(ctx, **over):
     import torch
 
-    from ..tasks import ClassifierTask
+    from ..method.tasks import ClassifierTask
 
     cfg = _merge(DIGITS, over)
     task = ClassifierTask(ctx.model, cfg["layer"], n_classes=10)
@@ -66,7 +66,7 @@ def stride_digits(ctx, **over):
 
 
 def stride_lm(ctx, **over):
-    from ..tasks import CausalLMTask
+    from ..method.tasks import CausalLMTask
 
     cfg = _merge(LM, over)
     model = ctx.load_model()
@@ -163,7 +163,7 @@ def register_all(methods: dict):
 
 def _hybrid(over):
     def method(ctx):
-        from ..text import zscore_rows
+        from ..store.text import zscore_rows
         from .baselines import tfidf_scores
 
         key = _memo_key(ctx, over)

@@ -77,10 +77,10 @@ def _tfidf_rankings(docs, gens: list[dict], k: int) -> dict[str, list[int]]:
 def run_tracing_bench(ws, run: str, out: str | Path, n_prompts: int = 30, k: int = 10, seed: int = 0,
                       min_chars: int = 60, max_chars: int = 120, device: str = "auto", progress: bool = True,
                       repetition_penalty: float = 1.3, no_repeat_ngram_size: int = 3) -> dict:
-    from ..arguments import AttributeArgs
-    from ..corpus import load_documents
+    from ..method.arguments import AttributeArgs
+    from ..store.corpus import load_documents
     from ..errors import StrideError
-    from ..pipeline import load_run, attribute
+    from ..runs.pipeline import load_run, attribute
 
     if n_prompts < 1 or k < 1 or not (1 <= min_chars <= max_chars):
         raise StrideError("--prompts and --k must be >= 1, and 1 <= --min-chars <= --max-chars")
@@ -144,8 +144,8 @@ def register(bench_sub, common):
 
 
 def _cmd(a):
-    from ..cli import _ws
+    from ..store.workspace import workspace_at
 
-    run_tracing_bench(_ws(a), a.run, a.out, a.prompts, a.k, a.seed, a.min_chars, a.max_chars, a.device, not a.no_progress,
+    run_tracing_bench(workspace_at(a.workspace), a.run, a.out, a.prompts, a.k, a.seed, a.min_chars, a.max_chars, a.device, not a.no_progress,
                       a.repetition_penalty, a.no_repeat_ngram_size)
 

@@ -1,0 +1,8 @@
+"""Interfaces: the `stride` command line (commands, with the audits' and the dashboard's subcommands in audit
+and app), the argument builders it shares with the multi-process entry point (options, torchrun), and the
+registry through which commands defined elsewhere (the benchmarks) are added without importing the CLI.
+"""
+
+from .commands import main
+
+__all__ = ["main"]
