@@ -196,7 +196,7 @@ def audit_contamination(ws, run: str, benchmark, args: ContaminationArgs | None 
     runs/<run>/contamination.parquet and contamination_items.parquet, the workspace DuckDB tables
     `contamination` / `contamination_items`, and OUT (pairs) plus OUT's `<stem>_items` sibling."""
     from ..store.corpus import corpus_info
-    from ..runs.pipeline import load_run
+    from ..runs.indexing import load_run
     from ..runs.progress import AUDIT_STATUS_FILE, Reporter
 
     args = args or ContaminationArgs()
@@ -214,7 +214,8 @@ def audit_contamination(ws, run: str, benchmark, args: ContaminationArgs | None 
 
 def _audit_contamination(ws, run, benchmark, args, out, items, rdir, config, info, rep):
     from ..store.corpus import load_documents
-    from ..runs.pipeline import _atomic_save, open_run, write_table
+    from ..runs.attribution import open_run
+    from ..runs.run_files import atomic_save, write_table
     from ..store.workspace import replace_run_rows
 
     t0 = time.time()
@@ -295,8 +296,8 @@ def _audit_contamination(ws, run, benchmark, args, out, items, rdir, config, inf
     summary = _item_summary(items, pairs, base)
 
     # 3. persist (atomic files, one DuckDB transaction per table) ------------------------------------
-    _atomic_save(lambda p: pairs.to_parquet(p, index=False), rdir / "contamination.parquet")
-    _atomic_save(lambda p: summary.to_parquet(p, index=False), rdir / "contamination_items.parquet")
+    atomic_save(lambda p: pairs.to_parquet(p, index=False), rdir / "contamination.parquet")
+    atomic_save(lambda p: summary.to_parquet(p, index=False), rdir / "contamination_items.parquet")
     (rdir / "contamination_args.json").write_text(pd.Series({**asdict(args), "benchmark": str(benchmark),
                                                                "z_threshold_used": z_thr}).to_json(indent=1))
     replace_run_rows(ws, "contamination", run, pairs, [c for c in pairs.columns if c not in meta_cols])

@@ -112,7 +112,7 @@ def audit_select(ws, run: str, target, args: SelectionArgs, out=None, progress: 
     """Keep-list (top `budget`, near-duplicates skipped) and drop-list (net harmful on the targets).
     Written to runs/<run>/selection.parquet, the DuckDB table `selection`, and OUT when given."""
     from ..store.corpus import corpus_info
-    from ..runs.pipeline import load_run
+    from ..runs.indexing import load_run
     from ..runs.progress import AUDIT_STATUS_FILE, Reporter
 
     if out is not None and Path(out).suffix.lower() not in (".parquet", ".jsonl", ".csv"):
@@ -133,7 +133,8 @@ def audit_select(ws, run: str, target, args: SelectionArgs, out=None, progress: 
 def _audit_select(ws, run, target, args, out, targets, rdir, config, info, rep):
     from ..method.arguments import AttributeArgs
     from ..store.corpus import load_documents
-    from ..runs.pipeline import _atomic_save, open_run, write_table
+    from ..runs.attribution import open_run
+    from ..runs.run_files import atomic_save, write_table
     from ..store.workspace import replace_run_rows
 
     t0 = time.time()
@@ -193,7 +194,7 @@ def _audit_select(ws, run, target, args, out, targets, rdir, config, info, rep):
     docs["snippet"] = docs["text"].map(lambda t: " ".join(t.split())[:300])
     df = df.merge(docs.drop(columns=["text"]), on="doc_id", how="left")
 
-    _atomic_save(lambda p: df.to_parquet(p, index=False), rdir / "selection.parquet")
+    atomic_save(lambda p: df.to_parquet(p, index=False), rdir / "selection.parquet")
     # The counts the page words its summary from: the Lasso leaves most documents at exactly 0.
     counts_all = {"n_docs": int(len(doc_ids)), "n_nonzero": int((score != 0).sum()), "n_positive": int((score > 0).sum()),
                   "n_negative": int((score < 0).sum())}

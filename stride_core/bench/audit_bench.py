@@ -139,7 +139,8 @@ def build_bench_corpus(docs: list[dict], cfg: AuditBenchConfig) -> tuple[list[di
 def prepare(out_dir, cfg: AuditBenchConfig, device: str = "cpu", progress: bool = True) -> dict:
     """Build (or reuse) the audit-bench workspace in out_dir/ws: corpus, model, indexed run."""
     from ..store.corpus import corpus_info, import_records, list_corpora
-    from ..runs.pipeline import index, make_config
+    from ..runs.config import make_config
+    from ..runs.indexing import index
     from ..store.pydocs import iter_pydocs
     from ..store.tiny_model import TinyModelArgs, train_tiny
     from ..store.workspace import Workspace

@@ -38,7 +38,7 @@ def run_measure_bench(ws, run: str, queries: int = 32, repeats: int = 3, device:
     from ..store.corpus import load_documents
     from ..errors import StrideError
     from ..method.measurement import measure
-    from ..runs.pipeline import open_run
+    from ..runs.attribution import open_run
 
     if queries < 1 or repeats < 1:
         raise StrideError("queries and repeats must be >= 1")

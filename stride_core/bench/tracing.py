@@ -80,7 +80,8 @@ def run_tracing_bench(ws, run: str, out: str | Path, n_prompts: int = 30, k: int
     from ..method.arguments import AttributeArgs
     from ..store.corpus import load_documents
     from ..errors import StrideError
-    from ..runs.pipeline import load_run, attribute
+    from ..runs.attribution import attribute
+    from ..runs.indexing import load_run
 
     if n_prompts < 1 or k < 1 or not (1 <= min_chars <= max_chars):
         raise StrideError("--prompts and --k must be >= 1, and 1 <= --min-chars <= --max-chars")

@@ -118,14 +118,14 @@ def _note_run(args, prompts=None):
 
     n = None
     if prompts is not None:
-        from ..runs.pipeline import read_prompts
+        from ..runs.prompts import read_prompts
 
         n = len(prompts) if isinstance(prompts, list) else len(read_prompts(prompts))
     set_process_info(preset=getattr(args, "preset", None), n_prompts=n)
 
 
 def cmd_index(args):
-    from ..runs.pipeline import index
+    from ..runs.indexing import index
 
     _note_run(args)
     rdir = index(ws_from_args(args), args.run, config_from_args(args), device=args.device, overwrite=args.overwrite, progress=not args.no_progress)
@@ -133,7 +133,7 @@ def cmd_index(args):
 
 
 def cmd_attribute(args):
-    from ..runs.pipeline import attribute
+    from ..runs.attribution import attribute
 
     attr_args = attribute_args_from(args)  # option errors first: they name the option, before the prompts file is read
     prompts = prompts_from_args(args)
@@ -147,7 +147,7 @@ def cmd_attribute(args):
 
 
 def cmd_run(args):
-    from ..runs.pipeline import run_all
+    from ..runs.attribution import run_all
 
     config, attr_args = config_from_args(args), attribute_args_from(args)  # option errors first, as without the note below
     prompts = prompts_from_args(args)

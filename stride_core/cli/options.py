@@ -29,7 +29,7 @@ def fmt_cell(v) -> str:
 
 
 def config_from_args(args):
-    from ..runs.pipeline import count_documents, make_config
+    from ..runs.config import count_documents, make_config
 
     overrides = {}
     for stage, names in (("cache", ("layer", "max_tokens")), ("subsets", ("K", "S", "seed", "designs")),

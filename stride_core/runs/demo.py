@@ -58,7 +58,8 @@ def run_demo(ws, preset: str = "default", device: str = "auto", progress: bool =
     if not index_and_attribute:
         return {"model_dir": str(model_dir), "corpus": "pydocs"}
     from ..method.arguments import AttributeArgs
-    from .pipeline import make_config, run_all
+    from .attribution import run_all
+    from .config import make_config
 
     run = "demo" if preset == "default" else f"demo-{preset}"
     config = make_config("pydocs", str(model_dir), preset)

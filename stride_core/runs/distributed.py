@@ -247,7 +247,9 @@ def _index(ws, run: str, config, comm: Comm, device: str, overwrite: bool, progr
     from ..method.activations import FeatureCache, fill_cache, finish_cache, prepare_cache
     from ..method.estimator import StrideEstimator
     from ..method.operators import train_operators
-    from .pipeline import (_atomic_save, _load_task, begin_run, check_documents, check_tokens, ensure_design)
+    from .config import check_documents
+    from .indexing import begin_run, check_tokens, ensure_design, load_task
+    from .run_files import atomic_save
     from .progress import Reporter
     from ..store.tokens import TokenizeArgs, TokenStore, begin_tokens, finish_tokens, tokenize_part
 
@@ -268,7 +270,7 @@ def _index(ws, run: str, config, comm: Comm, device: str, overwrite: bool, progr
 
         finished = comm.broadcast_object(comm.agree(lambda: begin() if main else None))
         rep.stage("load model", f"{config.model} on {comm.world} processes")
-        task = comm.agree(_load_task, config, device)
+        task = comm.agree(load_task, config, device)
         rep.stage("cache activations", f"corpus {config.corpus} ({info['n_docs']} documents, {comm.world} processes)")
         if not finished:
             comm.agree(tokenize_part, ws, config.corpus, config.shards, troot, task.tokenizer, targs,
@@ -306,8 +308,8 @@ def _index(ws, run: str, config, comm: Comm, device: str, overwrite: bool, progr
 
             def save():
                 est.reference_ = est.reference_y(cache)
-                _atomic_save(lambda p: p.write_text(json.dumps(est.trace_)), rdir / "operators_trace.json")
-                _atomic_save(est.save, op_path)  # last: its presence marks the index finished
+                atomic_save(lambda p: p.write_text(json.dumps(est.trace_)), rdir / "operators_trace.json")
+                atomic_save(est.save, op_path)  # last: its presence marks the index finished
 
             comm.agree(lambda: save() if main else None)
         rep.stage("indexed", f"index complete ({comm.world} processes)")
@@ -395,8 +397,8 @@ def attribute(ws, run: str, prompts, comm: Comm, args=None, out=None, progress: 
 def _attribute(ws, run: str, prompts, comm: Comm, args, out, progress: bool, dargs):
     from ..method.activations import features_in_memory
     from ..method.arguments import AttributeArgs
-    from .pipeline import (_generate, check_measurements, open_run, query_items, read_prompts, sync_attributions,
-                           write_attributions, write_generic)
+    from .attribution import check_measurements, open_run, sync_attributions, write_attributions, write_generic
+    from .prompts import generate, query_items, read_prompts
     from .progress import Reporter
 
     args = args or AttributeArgs()
@@ -420,7 +422,7 @@ def _attribute(ws, run: str, prompts, comm: Comm, args, out, progress: bool, dar
         mine = prompts[lo:hi]
 
         def measure_mine():
-            gens = _generate(task, mine, args) if mine else []
+            gens = generate(task, mine, args) if mine else []
             if not gens:
                 return gens, np.zeros((0, est.design_.K), np.float32), np.zeros(0, np.float32)
             y, base = est.measure(features_in_memory(task, query_items(gens, args.loss_on)))

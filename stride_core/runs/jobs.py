@@ -72,7 +72,7 @@ def parse_prompt_upload(raw: str, filename: str) -> list[dict]:
     """An uploaded prompts file's content (.txt, .jsonl or .json by `filename`, read as `stride run
     --prompts` reads a file) -> [{"prompt", "prompt_id"}]."""
     from ..store.items import file_kind
-    from .pipeline import parse_prompts
+    from .prompts import parse_prompts
 
     kind = file_kind(filename)
     suffix = kind if kind in (".jsonl", ".json") else ".txt"
@@ -81,7 +81,7 @@ def parse_prompt_upload(raw: str, filename: str) -> list[dict]:
 
 def load_prompt_file(path: str | Path) -> list[dict]:
     """Prompts from a .txt, .jsonl or .json file (`pipeline.read_prompts`) -> [{"prompt", "prompt_id"}]."""
-    from .pipeline import read_prompts
+    from .prompts import read_prompts
 
     return [{"prompt": r["prompt"].strip(), "prompt_id": r["query_id"]} for r in read_prompts(path)]
 
@@ -330,7 +330,7 @@ def start_audit_job(ws: Workspace, run: str, kind: str, items_text: str, budget:
     in `read_items`); it is validated here, so a bad file fails at once. Progress goes to runs/<run>/audit_status.json, never to the run's own
     status (an audit does not change the run's state)."""
     from ..store.items import file_kind, read_items
-    from .pipeline import load_run
+    from .indexing import load_run
     from .progress import AUDIT_STATUS_FILE
 
     if kind not in AUDIT_KINDS:

@@ -525,17 +525,17 @@ def pause():
     open(flag, "w").close()
     time.sleep(600)
 
-import stride_core.runs.pipeline as pl, stride_core.runs.progress as pr, stride_core.store.tokens as tk
+import stride_core.runs.indexing as ix, stride_core.runs.attribution as atr, stride_core.runs.progress as pr, stride_core.store.tokens as tk
 if stage == "tokenize":
     orig_tok = tk.tokenize_part
     def tokenize_part(*a, **k):
         pause()
     tk.tokenize_part = tokenize_part
 elif stage == "load model":
-    orig_load = pl._load_task
+    orig_load = ix.load_task
     def _load_task(*a, **k):
         pause()
-    pl._load_task = _load_task
+    ix.load_task = _load_task
 elif stage in ("cache activations", "train operators", "attribute"):
     orig_update = pr.Reporter.update
     at = {"cache activations": 0.4, "train operators": 0.5, "attribute": 0.3}[stage]
@@ -545,12 +545,12 @@ elif stage in ("cache activations", "train operators", "attribute"):
             pause()
     pr.Reporter.update = update
 elif stage == "write":
-    orig_sync = pl.sync_attributions
+    orig_sync = atr.sync_attributions
     def sync_attributions(ws, run, log_repair=True):
         if not log_repair:  # the parquet file was just replaced, the DuckDB copy not yet
             pause()
         return orig_sync(ws, run, log_repair)
-    pl.sync_attributions = sync_attributions
+    atr.sync_attributions = sync_attributions
 from stride_core.cli import main
 sys.exit(main(sys.argv[3:]))
 """

@@ -109,10 +109,11 @@ def test_given_completion_is_attributed_by_teacher_forcing(run, tmp_path):
     gen = attribute(ws, "g1", [{"query_id": "c", "prompt": "The json module"}], AttributeArgs(**ARGS), progress=False)
     assert gen["continuation"].iloc[0] != " encodes objects as strings."
     # teacher forcing scores exactly the completion's tokens, after the prompt's
-    from stride_core.runs.pipeline import _generate, open_run, query_items
+    from stride_core.runs.pipeline import open_run
+    from stride_core.runs.prompts import generate, query_items
 
     task = open_run(ws, "g1", AttributeArgs(device="cpu")).task
-    g = _generate(task, [{"query_id": "c", "prompt": "The json module", "completion": " encodes objects as strings."}], AttributeArgs(**ARGS))[0]
+    g = generate(task, [{"query_id": "c", "prompt": "The json module", "completion": " encodes objects as strings."}], AttributeArgs(**ARGS))[0]
     tok = task.tokenizer
     assert g["prompt_ids"] == tok("The json module", add_special_tokens=False)["input_ids"]
     assert g["continuation_ids"] == tok(" encodes objects as strings.", add_special_tokens=False)["input_ids"]

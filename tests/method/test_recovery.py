@@ -111,7 +111,7 @@ def test_one_se_rule_is_never_denser_than_min_on_noisy_measurements():
 
 def test_top_nonzero_matches_a_full_stable_sort():
     """attribute() ranks only the non-zero influence entries; same order as the full stable argsort."""
-    from stride_core.runs.pipeline import top_nonzero
+    from stride_core.runs.attribution import top_nonzero
 
     g = np.random.default_rng(0)
     for _ in range(20):

@@ -36,7 +36,7 @@ def test_index_warns_and_records_the_pairing_in_provenance(ws, tmp_path, caplog)
     assert training_record(model) is None
     (model / "stride_training.json").write_text(json.dumps({"corpus": "pydocs", "n_used_docs": 400, "n_corpus_docs": 2329}))
     assert training_record(model)["corpus"] == "pydocs"
-    with caplog.at_level(logging.WARNING, logger="stride_core.runs.pipeline"):
+    with caplog.at_level(logging.WARNING, logger="stride_core.runs.indexing"):
         rdir, _ = begin_run(ws, "r", make_config("tiny", str(model), "ci", n_docs=30), "cpu")
     assert "model/corpus pairing: the model was trained on corpus 'pydocs', not on 'tiny'" in caplog.text
     prov = json.loads((rdir / "provenance.json").read_text())
