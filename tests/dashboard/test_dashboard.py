@@ -24,7 +24,7 @@ PAGES = ["views/setup.py", "views/runs.py", "views/influence.py", "views/contami
 @pytest.fixture(autouse=True)
 def _no_engine_probe(monkeypatch):
     # The Setup page asks whether `stride run` exists (a subprocess); answer directly in tests.
-    monkeypatch.setitem(jobs._probe, "result", (True, "usage: stride run [--run RUN] ..."))
+    monkeypatch.setitem(jobs.launch._probe, "result", (True, "usage: stride run [--run RUN] ..."))
 
 
 @pytest.fixture
@@ -120,7 +120,7 @@ def test_start_button_launches_a_job_and_opens_runs(populated, tmp_path, monkeyp
     model.mkdir()
     (model / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 2}))
     (model / "model.safetensors").write_bytes(b"")  # only validated here, never loaded
-    monkeypatch.setattr(jobs, "run_command", fake_command("done"))
+    monkeypatch.setattr(jobs.launch, "run_command", fake_command("done"))
     at = open_page("views/setup.py")
     at.radio(key="model_kind").set_value("local").run()
     at.text_input(key="model_path").input(str(model)).run()

@@ -28,7 +28,7 @@ def wait_for(pred, timeout=30.0, interval=0.1):
 
 
 def _start(ws, monkeypatch, mode, run="job1", **kw):
-    monkeypatch.setattr(jobs, "run_command", fake_command(mode))
+    monkeypatch.setattr(jobs.launch, "run_command", fake_command(mode))
     return jobs.start_job(ws, run, "tiny", "/models/x", ["first prompt", {"prompt": "second", "prompt_id": "p2"}],
                           "ci", "cpu", [0, 2], **kw)
 
@@ -123,7 +123,7 @@ def test_list_runs_orders_and_skips(ws):
 
 
 def test_start_job_rejects_bad_input(ws, monkeypatch):
-    monkeypatch.setattr(jobs, "run_command", fake_command("done"))
+    monkeypatch.setattr(jobs.launch, "run_command", fake_command("done"))
     with pytest.raises(InputError, match="empty"):
         jobs.start_job(ws, "r1", "tiny", "/m", [], "ci")
     with pytest.raises(InputError, match="preset"):
@@ -155,7 +155,7 @@ def test_job_builds_the_default_corpus_first(ws, monkeypatch):
 
 
 def test_engine_probe_reports_the_run_command():
-    ok, text = jobs._engine_probe()
+    ok, text = jobs.launch._engine_probe()
     assert isinstance(ok, bool)
     if ok:
         assert "--run" in text and "--prompts" in text
@@ -241,7 +241,9 @@ def test_job_reports_a_stage_fraction_and_eta_while_preparing(ws, monkeypatch):
     d.mkdir(parents=True)
     write_status(d, RunStatus(run="first", state="queued", stage="queued"))
     engine = fake_command("done")(ws, "first", "pydocs", "/m", None, "ci")
-    rc = jobs._exec_main(["--workspace", str(ws.root), "--run", "first", "--ensure-model", "ci", "--", *engine])
+    from stride_core.runs.jobs import execute
+
+    rc = execute._exec_main(["--workspace", str(ws.root), "--run", "first", "--ensure-model", "ci", "--", *engine])
     assert rc == 0
     assert seen["build"].stage == "build corpus" and seen["build"].progress == pytest.approx(0.4)
     train = seen["train"]
