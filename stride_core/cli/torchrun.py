@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..runs.distributed import DistArgs, attribute, index, setup, teardown
+    from ..runs.distributed import attribute, index
+    from ..runs.process_group import DistArgs, setup, teardown
     from .options import attribute_args_from, config_from_args, print_top, prompts_from_args, ws_from_args
 
     args = build_parser().parse_args(argv)

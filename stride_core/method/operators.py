@@ -165,7 +165,7 @@ def train_operators(cache, design, head, args: OperatorArgs, device: str = "cpu"
                     on_progress=None, part=None) -> tuple[SteeringOperators, list[dict]]:
     """Fit the basis and all K steering matrices. Returns the operators (eval mode) and a loss trace.
 
-    `part` (optional) makes a step data-parallel across processes (stride_core.runs.distributed.DataParallel):
+    `part` (optional) makes a step data-parallel across processes (stride_core.runs.process_group.DataParallel):
     every process draws the same global sample (same seeded generator), computes the loss terms of its
     share of it (`part.share(n) -> (lo, hi)`, summed and divided by the global sample size), and
     `part.reduce(ops, terms)` sums the gradients and the logged terms over processes, so the identical

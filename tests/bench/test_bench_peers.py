@@ -40,7 +40,7 @@ def test_peers_are_registered_with_their_packages():
 def test_sum_windows_adds_each_documents_windows():
     s = np.array([[1.0, 2.0, 3.0, 4.0], [0.5, 0.0, -1.0, 2.0]])
     owner = np.array([0, 0, 2, 2])
-    out = peers._sum_windows(s, owner, 3)
+    out = peers.sum_windows(s, owner, 3)
     assert np.allclose(out, [[3.0, 0.0, 7.0], [0.5, 0.0, 1.0]])
 
 

@@ -133,9 +133,9 @@ def test_existing_name_needs_replace(ws, tmp_path):
 
 
 def test_jsonl_streams_in_batches(ws, tmp_path, monkeypatch):
-    import stride_core.store.corpus as corpus
+    import stride_core.store.corpus_formats as formats
 
-    monkeypatch.setattr(corpus, "_BATCH_ROWS", 7)
+    monkeypatch.setattr(formats, "_BATCH_ROWS", 7)
     rows = [{"text": f"doc {i}", "extra": i if i % 2 else None} for i in range(50)]
     info = import_corpus(ws, _write_jsonl(tmp_path / "s.jsonl", rows), "s")
     df = load_documents(ws, "s")
