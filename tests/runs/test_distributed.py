@@ -19,11 +19,11 @@ OVERRIDES = {"subsets.K": 24, "operators.steps": 10, "operators.linearity_weight
 
 
 def _torchrun(ws, *args, nproc=2):
-    """`torchrun --standalone --nproc_per_node N -m stride_core.runs.distributed -- ARGS` (the `--` keeps
+    """`torchrun --standalone --nproc_per_node N -m stride_core.cli.torchrun -- ARGS` (the `--` keeps
     torchrun's own parser away from options such as --run)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-           "-m", "stride_core.runs.distributed", "--", *args, "--workspace", str(ws.root), "--no-progress"]
+           "-m", "stride_core.cli.torchrun", "--", *args, "--workspace", str(ws.root), "--no-progress"]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
 
 
