@@ -106,14 +106,17 @@ with common.guard("the Influence explorer"):
         else:
             st.dataframe(harmful[show_cols], hide_index=True, key="harmful_table", column_config=col_cfg)
 
-    t_chart, t_dist, t_cross, t_generic = st.tabs(["Chart", "Score distribution", "Across prompts", "Helps every prompt"])
-    with t_chart:
+    # One view at a time: st.tabs builds every chart and table on each rerun and the browser draws them all (four
+    # charts, two more tables); with all of them, the page's tables stayed grey for up to 52 s on a loaded machine.
+    VIEWS = ["Chart", "Score distribution", "Across prompts", "Helps every prompt"]
+    view = st.segmented_control("View", VIEWS, default=VIEWS[0], key="influence_view") or VIEWS[0]
+    if view == "Chart":
         st.plotly_chart(figures.ranking_bars(rk, meta, top=top), key="ranking_chart")
-    with t_dist:
+    elif view == "Score distribution":
         st.plotly_chart(figures.score_histogram(rk, f"Scores of the stored documents for {qid}"), key="query_hist")
         scores = queries.all_scores(path, version)
         st.plotly_chart(figures.score_histogram(scores, f"All prompts of run {r['run']}"), key="run_hist")
-    with t_cross:
+    elif view == "Across prompts":
         st.caption("Documents that rank for many different prompts. A document that helps (or hurts) unrelated prompts "
                    "alike points at a generic effect (length, boilerplate, formatting) rather than prompt-specific "
                    "knowledge.")
@@ -134,8 +137,7 @@ with common.guard("the Influence explorer"):
             st.plotly_chart(figures.recurrence_heatmap(scores[scores["direction"] == direction],
                                                        [int(d) for d in rec["doc_id"].head(30)], qids),
                             key="recurrence_heatmap")
-
-    with t_generic:
+    else:  # Helps every prompt
         gpath = queries.result_path(root, r["run"], "generic")
         if not gpath.exists():
             st.info("This run was attributed with `--ranking raw` (or before generic components existed): its rankings "

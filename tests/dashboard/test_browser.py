@@ -221,3 +221,23 @@ def test_audit_paste_shows_the_item_count_in_the_browser(small_app):
         expect(page.get_by_text("5 item(s) parsed, one per line", exact=False)).to_be_visible()
         _shot(page, "browser_audit_paste.png")
         browser.close()
+
+
+def test_influence_tables_then_one_view_at_a_time_in_the_browser(small_app):
+    """The helpful / harmful tables draw with only the ranking chart beside them; the other views (the cross-prompt
+    table and heatmap, the score histograms, the generic component) are drawn when chosen (issue 17)."""
+    from playwright.sync_api import expect, sync_playwright
+
+    base, _ws, _model = small_app
+    with sync_playwright() as pw:
+        browser, page = bh.open_page(pw, f"{base}/influence", height=1600)
+        expect(page.get_by_role("heading", name=re.compile("Helpful"))).to_be_visible()
+        expect(page.locator('[data-testid="stDataFrame"]')).to_have_count(2)  # helpful and harmful only
+        expect(page.locator('[data-testid="stPlotlyChart"]')).to_have_count(1)
+        page.get_by_test_id("stButtonGroup").get_by_text("Across prompts", exact=True).click()
+        bh.wait_idle(page)
+        expect(page.get_by_text("Documents that rank for many different prompts", exact=False)).to_be_visible()
+        expect(page.locator('[data-testid="stDataFrame"]')).to_have_count(3)  # + the recurring documents
+        page.get_by_text("Documents that rank for many different prompts", exact=False).scroll_into_view_if_needed()
+        _shot(page, "browser_influence_views.png")
+        browser.close()

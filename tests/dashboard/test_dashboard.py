@@ -192,7 +192,12 @@ def test_influence_page(populated):
     assert "&lt;script&gt;" in md and "<script>" not in md
     assert "<mark>json.dumps(obj) returns a str</mark>" in md
     assert "<b>" not in md.split("<span")[1].split("</span>")[0]  # continuation's markup escaped too
+    # One view at a time (issue 17: every tab's charts made the tables wait): by default only the ranking chart.
+    assert not [d for d in at.dataframe if "n_queries" in d.value.columns]
+    assert len(at.get("plotly_chart")) == 1
     # Cross-prompt view: doc 0 is helpful for all three prompts.
+    at.session_state["influence_view"] = "Across prompts"
+    at.run()
     rec = [d.value for d in at.dataframe if "n_queries" in d.value.columns][0]
     assert int(rec.iloc[0]["doc_id"]) == 0 and int(rec.iloc[0]["n_queries"]) == 3
 
@@ -298,7 +303,7 @@ def test_setup_page_when_the_database_is_unreadable(tmp_path, monkeypatch):
 
 
 def test_influence_page_generic_view_and_truncated_prompt(populated):
-    """The "Helps every prompt" tab reads generic.parquet; a truncated prompt shows the unused part struck out."""
+    """The "Helps every prompt" view reads generic.parquet; a truncated prompt shows the unused part struck out."""
     import pandas as pd
 
     from dashboard_fixtures import attributions_frame
@@ -313,7 +318,9 @@ def test_influence_page_generic_view_and_truncated_prompt(populated):
     pd.DataFrame({"direction": ["helpful", "harmful"], "rank": [1, 1], "doc_id": [7, 8], "score": [0.5, -0.2],
                   "snippet": ["generic helper", "generic harm"]}).to_parquet(d / "generic.parquet", index=False)
     at = open_page("views/influence.py")
-    by_label(at.selectbox, "Run").set_value("r-generic").run()
+    by_label(at.selectbox, "Run").set_value("r-generic")
+    at.session_state["influence_view"] = "Helps every prompt"
+    at.run()
     assert not at.exception
     gen = [x.value for x in at.dataframe if "snippet" in x.value.columns and "generic helper" in set(x.value["snippet"])]
     assert gen and list(gen[0]["doc_id"]) == [7, 8]
