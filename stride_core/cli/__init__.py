@@ -3,6 +3,6 @@ and app), the argument builders it shares with the multi-process entry point (op
 registry through which commands defined elsewhere (the benchmarks) are added without importing the CLI.
 """
 
-from .commands import main
+from .commands import build_parser, main
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]

@@ -88,8 +88,11 @@ def test_specific_ranking_is_the_default_and_never_depends_on_other_prompts(run)
     assert gen_file.stat().st_mtime == mtime  # measured once per run and setting, then reused
     same = both[both["query_id"] == "a"]
     assert alone["doc_id"].tolist() == same["doc_id"].tolist()
-    # float32 summation order only (the fitted multiple of c amplifies it a little: 3e-7 on 1e-3 seen)
-    assert np.allclose(alone["score"], same["score"], rtol=1e-3, atol=1e-6)
+    # Float rounding only: the batched forward changes y by ~1e-5 relative (padding, other matmul shapes), and the
+    # Lasso's stopping rule (a 1e-4 relative step over 10 iterations) turns that into up to ~2e-3 on a score
+    # (1.7e-3 measured, 2026-12-03). A dependence on the other prompt (e.g. a generic part taken from the batch)
+    # moves scores by their own size.
+    assert np.allclose(alone["score"], same["score"], rtol=1e-2, atol=1e-5)
     generic = pd.read_parquet(ws.run_dir("g1") / GENERIC_TABLE)
     assert {"direction", "rank", "doc_id", "score", "snippet"} <= set(generic.columns)
     raw = attribute(ws, "g1", a + b, AttributeArgs(**ARGS, ranking="raw"), progress=False)
