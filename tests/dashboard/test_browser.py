@@ -100,6 +100,14 @@ def test_start_run_in_the_browser_and_read_rankings(browser_ready, pydocs_ws, tm
             assert page.locator('[data-testid="stDataFrame"]').count() >= 1
             expect(page.get_by_role("combobox", name="Inspect")).to_have_value(re.compile(r"^(helpful|harmful) #1 · doc \d+"))
             page.screenshot(path=str(SHOTS / "browser_influence.png"))
+            # one view at a time below the tables (issue 17): the cross-prompt view of this real run on request
+            expect(page.locator('[data-testid="stPlotlyChart"]')).to_have_count(1)
+            page.get_by_test_id("stButtonGroup").get_by_text("Across prompts", exact=True).click()
+            bh.wait_idle(page)
+            caption = page.get_by_text("Documents that rank for many different prompts", exact=False)
+            expect(caption).to_be_visible()
+            caption.scroll_into_view_if_needed()
+            page.screenshot(path=str(SHOTS / "browser_influence_across_prompts.png"))
             browser.close()
     finally:
         bh.stop_app(app)
