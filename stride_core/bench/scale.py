@@ -34,7 +34,7 @@ import platform
 import shutil
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -259,7 +259,7 @@ def run_size(N: int, args: ScaleArgs, work: Path) -> dict:
 
     # queries against the index reopened from disk ------------------------------------------------
     with _Stage(row, "open_index", dev):
-        cache = FeatureCache.open(work / "cache")
+        FeatureCache.open(work / "cache")  # opened (and checked) as `stride attribute` does; not read here
         est = StrideEstimator(task.head, sargs, oargs, device=dev).load(work / "operators.safetensors", design)
     rng = np.random.default_rng(args.seed + 1)
     P, C = args.prompt_tokens, args.continuation_tokens
