@@ -202,7 +202,7 @@ def _mlp_grads(model, X: np.ndarray, y: np.ndarray, device: str, chunk: int = 25
         yield torch.cat([v.reshape(v.shape[0], -1) for v in gs.values()], dim=1)
 
 
-def _lm_flat_grad(model, loss) -> "torch.Tensor":
+def _lm_flat_grad(model, loss):  # -> torch.Tensor (P,)
     import torch
 
     params = [p for p in model.parameters() if p.requires_grad]
