@@ -250,9 +250,9 @@ def format_table(rows: list[dict]) -> str:
 
 
 def cmd_bench_counterfactual(args):
-    from ..store.workspace import default_workspace
+    from ..store.workspace import workspace_at
 
-    cache = args.cache or os.environ.get("STRIDE_BENCH_CACHE") or Path(args.workspace or default_workspace()) / "bench"
+    cache = args.cache or os.environ.get("STRIDE_BENCH_CACHE") or workspace_at(args.workspace).root / "bench"
     run_counterfactual(args.setting, args.out, queries=args.queries, ks=args.k, methods=args.methods,
                        random_seeds=args.random_seeds, device=args.device, cache_dir=cache, workers=args.workers,
                        threads=args.threads)

@@ -323,9 +323,9 @@ def _json_default(o):
 
 
 def cmd_bench_lds(args):
-    from ..store.workspace import default_workspace
+    from ..store.workspace import workspace_at
 
-    cache = args.cache or os.environ.get("STRIDE_BENCH_CACHE") or Path(args.workspace or default_workspace()) / "bench"
+    cache = args.cache or os.environ.get("STRIDE_BENCH_CACHE") or workspace_at(args.workspace).root / "bench"
     run_lds_bench(args.setting, args.out, models=args.models, queries=args.queries, methods=args.methods,
                   device=args.device, cache_dir=cache, progress=not args.no_progress, workers=args.workers,
                   threads=args.threads, noise_ceiling=args.noise_ceiling)

@@ -70,9 +70,9 @@ def streamlit_command(host: str, port: int) -> list[str]:
 
 def cmd_app(args) -> None:
     from ..runs import jobs
-    from ..store.workspace import Workspace, default_workspace
+    from .options import ws_from_args
 
-    ws = Workspace(args.workspace or default_workspace()).ensure()
+    ws = ws_from_args(args).ensure()
     if not 1 <= args.port <= 65535:
         raise StrideError(f"--port must be in 1..65535, got {args.port}")
     if not port_free(args.host, args.port):
