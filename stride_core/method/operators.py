@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -161,6 +162,23 @@ def _kl(base_logits, steered_logits):
     return (lp.exp() * (lp - lq)).sum(-1)
 
 
+@contextmanager
+def frozen_head(head):
+    """The model behind `head` (a bound method of a Task with a `.model`) with requires_grad off while
+    operators train: the losses need gradients through the head, never for its weights. Left on, every
+    step's backward also computed dL/dW_U (V x C per token row, half the head's backward) and accumulated
+    it into the model's .grad, which nothing cleared."""
+    model = getattr(getattr(head, "__self__", None), "model", None)
+    params = [p for p in model.parameters() if p.requires_grad] if isinstance(model, torch.nn.Module) else []
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
 def train_operators(cache, design, head, args: OperatorArgs, device: str = "cpu", progress: bool = True,
                     on_progress=None, part=None) -> tuple[SteeringOperators, list[dict]]:
     """Fit the basis and all K steering matrices. Returns the operators (eval mode) and a loss trace.
@@ -170,6 +188,12 @@ def train_operators(cache, design, head, args: OperatorArgs, device: str = "cpu"
     share of it (`part.share(n) -> (lo, hi)`, summed and divided by the global sample size), and
     `part.reduce(ops, terms)` sums the gradients and the logged terms over processes, so the identical
     optimizer step everywhere equals the one-process step up to float summation order."""
+    with frozen_head(head):
+        return _train_operators(cache, design, head, args, device, progress, on_progress, part)
+
+
+def _train_operators(cache, design, head, args: OperatorArgs, device: str, progress: bool, on_progress,
+                     part) -> tuple[SteeringOperators, list[dict]]:
     torch.manual_seed(args.seed)
     dev = torch.device(device)
     D, C = cache.h.shape[1], cache.z.shape[1]
