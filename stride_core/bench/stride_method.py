@@ -132,6 +132,13 @@ VARIANTS = {
     "stride-prefix-token": {"windows": False},  # D5 alone: prefixes with token-proportional draws
     "stride-prefix-1design": {"windows": False, "fidelity_sampling": "document", "designs": 1},  # beside stride-propagated-1design
     "stride-stability-complement": {"stability_excludes_members": True},  # D8
+    # The product's `default` preset on a 1,000-document corpus (K lowered to 0.6 N, one design, 250 subsets a
+    # step), with 400 steps (each subset in 167 batches) or 240 (100 batches, as at the preset's own K=1000);
+    # and the same with token-proportional fidelity draws (issue 14: a faster fit; issue 13: the draw default)
+    "stride-product": {"S": 5, "designs": 1, "subset_batch": 250, "steps": 400, "fidelity_sampling": "document"},
+    "stride-product-240steps": {"S": 5, "designs": 1, "subset_batch": 250, "steps": 240, "fidelity_sampling": "document"},
+    "stride-product-token": {"S": 5, "designs": 1, "subset_batch": 250, "steps": 400},
+    "stride-product-token-240steps": {"S": 5, "designs": 1, "subset_batch": 250, "steps": 240},
 }
 
 # Hybrids: per query, the z-scored STRIDE scores (over documents) plus the z-scored TF-IDF cosine. Named
