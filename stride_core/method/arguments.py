@@ -142,7 +142,9 @@ class OperatorArgs(_Args):
     # Paper-fidelity options (PAPER.md D2/D3/D5/D8; measured in BENCHMARKS.md, "Paper variants"):
     space: str = "hidden"  # where a_k acts: "hidden" (final normed hidden state, R x D) or "logits" (R x V, the page's equation)
     linearity_form: str = "normalised"  # "normalised" (centred, / ||y||^2) or "paper" (unnormalised, uncentred ridge residual)
-    fidelity_sampling: str = "document"  # "document" (uniform document, then token) or "token" (uniform over the subset's tokens)
+    # "token": uniform over the subset's tokens (the paper's sum over an example's tokens; tiny-lm LDS 0.373 against
+    # 0.307 for the product's preset, BENCHMARKS.md "Cost"); "document": a uniform document, then a token of it
+    fidelity_sampling: str = "token"
     stability_excludes_members: bool = False  # stability tokens come from the complement of A_k only
     seed: int = 0
     device: str = "auto"

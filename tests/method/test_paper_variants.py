@@ -116,7 +116,7 @@ def test_paper_linearity_residual_is_lower_for_additive_responses_than_for_noise
 
 
 @pytest.mark.parametrize("opts", [dict(space="logits"), dict(linearity_weight=0.01, linearity_form="paper", jl_dim=20),
-                                  dict(fidelity_sampling="token", stability_excludes_members=True)])
+                                  dict(fidelity_sampling="document", stability_excludes_members=True)])
 def test_operator_options_train_save_and_load(tmp_path, opts):
     model = _tiny("gpt2")
     task = CausalLMTask(model, _Tok(), max_tokens=32)

@@ -164,7 +164,8 @@ def test_designs_run_through_the_cli(small, tmp_path):
 
 
 def test_preset_K_is_scaled_to_a_small_corpus(small, tmp_path):
-    """A preset K too large for the corpus is lowered to 0.6 N (S at most K); an explicit K is kept."""
+    """A preset K too large for the corpus is lowered to 0.6 N (S at most K) and its steps with it; an explicit K
+    or steps is kept."""
     import json
 
     from stride_core.cli import commands as cli
@@ -177,6 +178,11 @@ def test_preset_K_is_scaled_to_a_small_corpus(small, tmp_path):
     assert make_config("small", str(model_dir), "default", n_docs=3).subsets.S == 2
     assert make_config("small", str(model_dir), "default", n_docs=160, **{"subsets.K": 150}).subsets.K == 150
     assert make_config("small", str(model_dir), "default", n_docs=10_000).subsets.K == 1000  # large corpora untouched
+    # the steps follow K down, so that each subset is trained in as many batches as at the preset's K (100)
+    assert make_config("small", str(model_dir), "default", n_docs=1000).operators.steps == 240  # K=600: 240 * 250 / 600
+    assert cfg.operators.steps == 100  # K=96 < subset_batch: every subset in every step
+    assert make_config("small", str(model_dir), "default", n_docs=10_000).operators.steps == 400
+    assert make_config("small", str(model_dir), "default", n_docs=1000, **{"operators.steps": 7}).operators.steps == 7
     src = tmp_path / "tiny.jsonl"
     load_documents(ws, "pydocs", columns=["text"], limit=50).to_json(src, orient="records", lines=True)
     import_corpus(ws, src, "tiny50")
