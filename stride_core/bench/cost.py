@@ -18,7 +18,8 @@ method started is `above_start`) and, on a GPU, torch's peak allocated memory:
 The peers get the same documents as token ids (each one block: `tokens` + 1 <= the context). A method
 that does not finish within `max_seconds`, is killed (out of memory) or raises is recorded with that
 status and no time, never dropped. `DIR/results.json` is rewritten after each (size, method); a re-run
-with the same data arguments keeps the rows already there (`--fresh` starts over). A table is printed,
+with the same data arguments keeps the finished rows already there, also those of sizes and methods it was not
+asked for, and re-runs only the others (`--fresh` starts over). A table is printed,
 and `DIR/cost.png` draws seconds against parameters (matplotlib, the `bench` extra).
 """
 
@@ -27,7 +28,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -342,7 +342,7 @@ def run_cost_bench(out, args: CostArgs | None = None) -> dict:
         try:
             old = json.loads(res_path.read_text())
             if CostArgs(**old["args"]).data_key() == args.data_key():
-                kept = {(r["size"], r["method"]): r for r in old["rows"] if r.get("status") == "ok"}
+                kept = {(r["size"], r["method"]): r for r in old["rows"]}
         except (OSError, ValueError, KeyError, TypeError, StrideError):
             logger.warning("ignoring unreadable %s", res_path)
     dev = resolve_device(args.device)
@@ -356,20 +356,34 @@ def run_cost_bench(out, args: CostArgs | None = None) -> dict:
         n_params = build_model(size, args, data, model_dir)
         n_layer, n_embd, _ = SIZES[size]
         for method in args.methods:
-            if (size, method) in kept:
-                row = kept[(size, method)]
+            if kept.get((size, method), {}).get("status") == "ok":
+                row = kept.pop((size, method))
                 logger.info("cost bench: %s %s kept from %s", size, method, res_path)
             else:
                 logger.info("cost bench: %s (%s parameters), %s", size, f"{n_params:,}", method)
                 row = run_one(method, model_dir, work / f"{size}-{method}", args)
                 row.update(size=size, method=method, family=args.family, n_params=n_params, n_layer=n_layer, n_embd=n_embd)
                 logger.info("cost bench: %s %s: %s, %s s", size, method, row["status"], row.get("total_s"))
+            kept.pop((size, method), None)
             results["rows"].append(row)
-            res_path.write_text(json.dumps(results, indent=1))
+            _write(res_path, results, kept)
         shutil.rmtree(model_dir, ignore_errors=True)  # 100M parameters are 0.4 GB on disk
+    results["rows"] = _merged(results["rows"], kept)
     results["crossover"] = crossover(results["rows"])
     res_path.write_text(json.dumps(results, indent=1))
     return results
+
+
+def _merged(rows: list[dict], kept: dict) -> list[dict]:
+    """This call's rows and the earlier file's rows of the (size, method) pairs it did not run, by size then
+    method: `--sizes 100m` on an existing folder adds that size to the table instead of replacing it."""
+    order = list(SIZES)
+    out = rows + [r for r in kept.values() if r.get("size") in SIZES]
+    return sorted(out, key=lambda r: (order.index(r["size"]), COST_METHODS.index(r["method"]) if r["method"] in COST_METHODS else 99))
+
+
+def _write(path: Path, results: dict, kept: dict) -> None:
+    path.write_text(json.dumps({**results, "rows": _merged(results["rows"], kept)}, indent=1))
 
 
 def crossover(rows: list[dict], fast: str = "stride", slow: str = "kronfluence") -> dict:

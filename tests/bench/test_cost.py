@@ -59,3 +59,8 @@ def test_small_cost_bench_runs_the_product_and_keeps_finished_rows(tmp_path):
     again = cost.run_cost_bench(tmp_path, args)  # same data arguments: the finished rows are kept, not re-run
     assert again["rows"][0]["total_s"] == st["total_s"]
     assert "1m" in cost.format_table(again)
+    other = cost.run_cost_bench(tmp_path, cost.CostArgs(**{**args.__dict__, "methods": ("stride",), "max_seconds": 0.2,
+                                                         "sizes": ("5m",)}))
+    by = {(r["size"], r["method"]): r for r in other["rows"]}
+    assert by[("5m", "stride")]["status"].startswith("over budget")  # recorded, not dropped
+    assert by[("1m", "stride")]["total_s"] == st["total_s"]  # the earlier size stays in the file and the table
