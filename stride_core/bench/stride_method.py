@@ -138,9 +138,7 @@ VARIANTS = {
     "stride-product": {"S": 5, "designs": 1, "subset_batch": 250, "steps": 400, "fidelity_sampling": "document"},
     "stride-product-240steps": {"S": 5, "designs": 1, "subset_batch": 250, "steps": 240, "fidelity_sampling": "document"},
     "stride-product-token": {"S": 5, "designs": 1, "subset_batch": 250, "steps": 400},
-    "stride-product-token-240steps": {"S": 5, "designs": 1, "subset_batch": 250, "steps": 240},
-    # what `stride index --preset default` trains on this 1,000-document corpus since 2026-12-03 (= the row above)
-    "stride-default": {"S": 5, "designs": 1, "subset_batch": 250, "steps": 240},
+    "stride-product-token-240steps": {"S": 5, "designs": 1, "subset_batch": 250, "steps": 240},  # the default since then
 }
 
 # Hybrids: per query, the z-scored STRIDE scores (over documents) plus the z-scored TF-IDF cosine. Named
