@@ -76,13 +76,14 @@ def _tfidf_rankings(docs, gens: list[dict], k: int) -> dict[str, list[int]]:
 
 def run_tracing_bench(ws, run: str, out: str | Path, n_prompts: int = 30, k: int = 10, seed: int = 0,
                       min_chars: int = 60, max_chars: int = 120, device: str = "auto", progress: bool = True,
-                      repetition_penalty: float = 1.3, no_repeat_ngram_size: int = 3) -> dict:
+                      repetition_penalty: float = 1.3, no_repeat_ngram_size: int = 3, contrast: float | None = None) -> dict:
     from ..method.arguments import AttributeArgs
     from ..store.corpus import load_documents
     from ..errors import StrideError
     from ..runs.attribution import attribute
     from ..runs.indexing import load_run
 
+    contrast = AttributeArgs.contrast if contrast is None else contrast
     if n_prompts < 1 or k < 1 or not (1 <= min_chars <= max_chars):
         raise StrideError("--prompts and --k must be >= 1, and 1 <= --min-chars <= --max-chars")
     out = Path(out)
@@ -102,7 +103,7 @@ def run_tracing_bench(ws, run: str, out: str | Path, n_prompts: int = 30, k: int
         t0 = time.perf_counter()
         df = attribute(ws, run, [{"query_id": p["query_id"], "prompt": p["prompt"]} for p in prompts],
                        AttributeArgs(top_k=max(k, 50), device=device, ranking=ranking, loss_on=loss_on, repetition_penalty=repetition_penalty,
-                                     no_repeat_ngram_size=no_repeat_ngram_size, method=method), progress=progress)
+                                     no_repeat_ngram_size=no_repeat_ngram_size, contrast=contrast, method=method), progress=progress)
         secs = time.perf_counter() - t0
         helpful = df[df["direction"] == "helpful"].sort_values(["query_id", "rank"])
         ranked_by[name] = {q: g["doc_id"].astype(int).tolist() for q, g in helpful.groupby("query_id")}
@@ -115,7 +116,7 @@ def run_tracing_bench(ws, run: str, out: str | Path, n_prompts: int = 30, k: int
     ranked_by["tfidf"] = _tfidf_rankings(docs, gens, max(k, 50))
     results["tfidf"] = tracing_metrics(ranked_by["tfidf"], sources, k, len(docs))
     summary = {"run": run, "corpus": config.corpus, "n_docs": len(docs), "k": k, "seed": seed, "methods": results,
-               "generation": {"repetition_penalty": repetition_penalty, "no_repeat_ngram_size": no_repeat_ngram_size},
+               "generation": {"repetition_penalty": repetition_penalty, "no_repeat_ngram_size": no_repeat_ngram_size, "contrast": contrast},
                "examples": [{"prompt": g["prompt"], "continuation": g["continuation"],
                              "stride_top3": ranked_by["stride"].get(g["query_id"], [])[:3], "source": sources[g["query_id"]]}
                             for g in gens[:5]],
@@ -140,6 +141,7 @@ def register(bench_sub, common):
     x.add_argument("--max-chars", dest="max_chars", type=int, default=120)
     x.add_argument("--repetition-penalty", dest="repetition_penalty", type=float, default=1.3)
     x.add_argument("--no-repeat-ngram", dest="no_repeat_ngram_size", type=int, default=3)
+    x.add_argument("--contrast", type=float, default=None, help="context-aware decoding strength (default: the product's)")
     x.add_argument("--device", default="auto")
     x.set_defaults(func=_cmd)
 
@@ -148,5 +150,5 @@ def _cmd(a):
     from ..store.workspace import workspace_at
 
     run_tracing_bench(workspace_at(a.workspace), a.run, a.out, a.prompts, a.k, a.seed, a.min_chars, a.max_chars, a.device, not a.no_progress,
-                      a.repetition_penalty, a.no_repeat_ngram_size)
+                      a.repetition_penalty, a.no_repeat_ngram_size, a.contrast)
 

@@ -52,7 +52,7 @@ def attribute_args_from(args):
     alpha = parse_number_or_auto(args.alpha, "--alpha")
     return AttributeArgs(top_k=args.top_k, max_new_tokens=args.max_new_tokens, alpha=alpha, positive=args.positive, device=args.device,
                          lambda_rule=args.lambda_rule, ranking=args.ranking, repetition_penalty=args.repetition_penalty,
-                         no_repeat_ngram_size=args.no_repeat_ngram_size, loss_on=args.loss_on,
+                         no_repeat_ngram_size=args.no_repeat_ngram_size, contrast=args.contrast, loss_on=args.loss_on,
                          method=getattr(args, "method", "stride"))
 
 
@@ -112,13 +112,13 @@ def add_index_args(x):
     x.add_argument("--linearity-form", dest="linearity_form", choices=list(LINEARITY_FORMS), default=None,
                    help="with --linearity-weight > 0: the centred, normalised residual or the paper's unnormalised one")
     x.add_argument("--fidelity-sampling", dest="fidelity_sampling", choices=list(FIDELITY_SAMPLING), default=None,
-                   help="fidelity tokens: a uniform document then a token (document, default) or uniform over the subset's tokens")
+                   help="fidelity tokens: uniform over the subset's tokens (token, default) or a uniform document then a token")
     x.add_argument("--stability-excludes-members", dest="stability_excludes_members", action="store_const", const=True,
                    default=None, help="draw stability tokens only from documents outside the subset")
 
 
 def add_attribute_args(x, with_device=True):
-    from ..method.arguments import LOSS_ON, METHODS
+    from ..method.arguments import LOSS_ON, METHODS, AttributeArgs
 
     x.add_argument("--prompts", default=None, help=".txt (one prompt per line), .jsonl (field 'prompt' or 'text', optional "
                                                  "'completion') or .json (a list of objects)")
@@ -138,6 +138,9 @@ def add_attribute_args(x, with_device=True):
                    help="greedy decoding's repetition penalty (1 = off)")
     x.add_argument("--no-repeat-ngram", dest="no_repeat_ngram_size", type=int, default=3,
                    help="greedy decoding never repeats an n-gram of this length (0 = off)")
+    x.add_argument("--contrast", type=float, default=AttributeArgs.contrast,
+                   help="context-aware decoding: next tokens scored by (1 + c) log p(t | prompt, so far) - c log p(t | so far), "
+                        "so the continuation follows the prompt rather than what the model says after any prompt (0 = plain greedy)")
     x.add_argument("--top-k", dest="top_k", type=int, default=50)
     x.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, default=32, help="greedy continuation length")
     x.add_argument("--alpha", default="auto", help="Lasso lambda, or 'auto' (held-out subset validation)")

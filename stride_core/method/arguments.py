@@ -201,6 +201,9 @@ class AttributeArgs(_Args):
     # and attributing a loop teaches nothing
     repetition_penalty: float = 1.3
     no_repeat_ngram_size: int = 3
+    # context-aware decoding: (1 + contrast) log p(t | prompt, so far) - contrast log p(t | so far); 0 = plain
+    # greedy. Favours what the prompt makes likelier over what the model says after any prompt
+    contrast: float = 0.0
     # "stride": helpful and harmful documents by STRIDE's recovered influence; "stride+lexical" (a hybrid,
     # labelled as such): helpful documents by z(STRIDE) + z(TF-IDF cosine of the query text), per query over
     # the documents; harmful ones stay STRIDE's, and STRIDE's own score is kept in `score`
@@ -217,6 +220,7 @@ class AttributeArgs(_Args):
         check_int(self.n_reference_queries, "n_reference_queries", 2, 4096)
         check_float(self.repetition_penalty, "repetition_penalty (1 = off)", 1.0, 10.0)
         check_int(self.no_repeat_ngram_size, "no_repeat_ngram_size (0 = off)", 0, 32)
+        check_float(self.contrast, "contrast (0 = off)", 0.0, 10.0)
         if self.alpha != "auto":
             check_float(self.alpha, "alpha ('auto' or a number)")
         if self.alpha_ratio is not None:

@@ -72,7 +72,7 @@ class OpenRun:
 
         key = {"n": args.n_reference_queries, "seed": self.config.subsets.seed, "prompt_tokens": REFERENCE_PROMPT_TOKENS,
                "max_new_tokens": args.max_new_tokens, "repetition_penalty": args.repetition_penalty,
-               "no_repeat_ngram_size": args.no_repeat_ngram_size, "center": args.center, "loss_on": args.loss_on}
+               "no_repeat_ngram_size": args.no_repeat_ngram_size, "contrast": args.contrast, "center": args.center, "loss_on": args.loss_on}
         path = self.rdir / GENERIC_FILE
         found = GenericComponent.load(path, key)
         if found is not None:

@@ -54,10 +54,40 @@ def parse_prompts(raw: str, suffix: str, where="prompts") -> list[dict]:
     return out
 
 
+# Tokens the prompted model finds less likely than this fraction of its top token are never chosen by the
+# contrast: it may only re-rank plausible tokens (the adaptive plausibility constraint of contrastive decoding)
+PLAUSIBILITY = 0.1
+
+
+class PromptContrast:
+    """A logits processor for `generate`: score each next token by (1 + a) log p(t | prompt, so far) - a log p(t |
+    so far), the second term from the same model with the prompt left out. A tiny model's greedy text is
+    mostly what it would say after any prompt ("the default value. The optional argument ..."); the contrast
+    favours what this prompt makes likelier (context-aware decoding). Costs one forward pass of the
+    continuation so far per new token (no KV cache: the contexts are short)."""
+
+    def __init__(self, model, bos: int, prompt_len: int, strength: float):
+        self.model, self.bos, self.prompt_len, self.strength = model, int(bos), int(prompt_len), float(strength)
+
+    def __call__(self, input_ids, scores):
+        import math
+
+        import torch
+
+        so_far = input_ids[:, self.prompt_len:]  # [B, t] tokens generated so far
+        ctx = torch.cat([torch.full((so_far.shape[0], 1), self.bos, dtype=so_far.dtype, device=so_far.device), so_far], 1)
+        with torch.no_grad():
+            bare = self.model(input_ids=ctx, attention_mask=torch.ones_like(ctx)).logits[:, -1, :].float().log_softmax(-1)  # [B, V]
+        cond = scores.float().log_softmax(-1)  # [B, V], after the repetition settings
+        out = (1 + self.strength) * cond - self.strength * bare
+        implausible = cond < cond.max(-1, keepdim=True).values + math.log(PLAUSIBILITY)
+        return out.masked_fill(implausible, float("-inf")).to(scores.dtype)
+
+
 def generate(task, prompts: list[dict], args: AttributeArgs | int) -> list[dict]:
     """Each prompt with its token ids and the continuation to attribute: the prompt's `completion` when it
     has one (teacher forcing: "why did the model say X?"), else the model's greedy continuation with the
-    repetition settings of `args` (an int is taken as max_new_tokens with the default settings).
+    repetition and contrast settings of `args` (an int is taken as max_new_tokens with the default settings).
 
     Prompt + continuation must fit in the run's `max_tokens` (the index setting, cache.max_tokens): a longer
     prompt keeps its last tokens and a longer completion its first ones, with a warning naming the limit.
@@ -95,10 +125,15 @@ def generate(task, prompts: list[dict], args: AttributeArgs | int) -> list[dict]
             if args.max_new_tokens > 0:
                 with torch.no_grad():
                     inp = torch.tensor([[task.bos, *ids]], device=task.device)
+                    extra = {}
+                    if args.contrast > 0:
+                        from transformers import LogitsProcessorList
+
+                        extra["logits_processor"] = LogitsProcessorList([PromptContrast(model, task.bos, inp.shape[1], args.contrast)])
                     gen = model.generate(inp, attention_mask=torch.ones_like(inp), max_new_tokens=args.max_new_tokens,
                                          do_sample=False, repetition_penalty=args.repetition_penalty,
                                          no_repeat_ngram_size=args.no_repeat_ngram_size,
-                                         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+                                         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, **extra)
                 cont = gen[0, inp.shape[1]:].tolist()
                 if tok.eos_token_id in cont:
                     cont = cont[: cont.index(tok.eos_token_id)]
