@@ -143,7 +143,7 @@ def cmd_attribute(args):
     unranked = df.attrs.get("unranked", [])
     print(f"\n{df.attrs.get('n_prompts', df['query_id'].nunique())} prompts, {len(df)} ranked rows"
           + (f" written to {args.out}" if args.out else "")
-          + (f"; {len(unranked)} prompt(s) with no document of non-zero effect: {', '.join(unranked[:10])}" if unranked else ""))
+          + (f"; {len(unranked)} prompt(s) with no helpful document (the Lasso kept none with a positive effect): {', '.join(unranked[:10])}" if unranked else ""))
 
 
 def cmd_run(args):

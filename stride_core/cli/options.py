@@ -74,12 +74,9 @@ def prompts_from_args(args):
 
 
 def print_top(df, n=5):
-    for qid, g in df[df["direction"] == "helpful"].groupby("query_id", sort=False):
-        first = g.iloc[0]
-        print(f"\n[{qid}] {first['prompt']!r} -> {first['continuation']!r}")
-        for _, r in g.head(n).iterrows():
-            src = r.get("source", "")
-            print(f"  {int(r['rank']):>2}. doc {int(r['doc_id']):>6}  {r['score']:+.2e}  {src}  {r['snippet'][:70]!r}")
+    from ..runs.attribution import summary_lines
+
+    print("\n".join(summary_lines(df, n)))
 
 
 def add_index_args(x):

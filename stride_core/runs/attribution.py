@@ -211,17 +211,32 @@ def _attribute(ws, run: str, opened: OpenRun, prompts: list[dict], args: Attribu
         lexical = tfidf_similarity(ws, config.corpus, cache.doc_ids, [query_text(g, args.loss_on) for g in gens],
                                    shards=config.shards)  # (Q, N)
     rows = ranked_rows(gens, W, base, cache.doc_ids, k, lexical)
-    ranked = {r["query_id"] for r in rows}
-    unranked = [g["query_id"] for g in gens if g["query_id"] not in ranked]
+    helped = {r["query_id"] for r in rows if r["direction"] == "helpful"}
+    unranked = [g["query_id"] for g in gens if g["query_id"] not in helped]
     if unranked:
-        logger.warning("%d of %d prompts have no document with a non-zero recovered effect (the Lasso kept none): %s",
-                       len(unranked), len(gens), ", ".join(unranked[:20]) + (" ..." if len(unranked) > 20 else ""))
+        logger.warning("%d of %d prompts have no document with a positive recovered effect (the Lasso kept none that "
+                       "helps): %s", len(unranked), len(gens), ", ".join(unranked[:20]) + (" ..." if len(unranked) > 20 else ""))
     df = write_attributions(ws, run, config, rows, y, out)
     if generic is not None:
         write_generic(ws, run, config, opened.estimator.recover(generic.y_mean[None]).influence_[0], cache.doc_ids, k)
     df.attrs.update(n_prompts=len(gens), unranked=unranked)
     rep.stage("attributed", f"{len(prompts)} prompts attributed")
     return df
+
+
+def summary_lines(df: pd.DataFrame, n: int = 5) -> list[str]:
+    """A plain-text digest of attributions rows: every prompt (those without a helpful document too, so
+    none silently drops out), its continuation and its n most helpful documents."""
+    lines = []
+    for qid, g in df.groupby("query_id", sort=False):
+        first, helpful = g.iloc[0], g[g["direction"] == "helpful"].sort_values("rank")
+        lines.append(f"\n[{qid}] {first['prompt']!r} -> {first['continuation']!r}")
+        for _, r in helpful.head(n).iterrows():
+            label = r.get("object") or r.get("source") or ""
+            lines.append(f"  {int(r['rank']):>2}. doc {int(r['doc_id']):>6}  {r['score']:+.2e}  {label}  {r['snippet'][:70]!r}")
+        if helpful.empty:
+            lines.append(f"  (no document with a positive recovered effect; {int((g['direction'] == 'harmful').sum())} harmful)")
+    return lines
 
 
 def ranked_rows(gens: list[dict], W: np.ndarray, base: np.ndarray, doc_ids, k: int, lexical: np.ndarray | None = None) -> list[dict]:

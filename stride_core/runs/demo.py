@@ -58,16 +58,12 @@ def run_demo(ws, preset: str = "default", device: str = "auto", progress: bool =
     if not index_and_attribute:
         return {"model_dir": str(model_dir), "corpus": "pydocs"}
     from ..method.arguments import AttributeArgs
-    from .attribution import run_all
+    from .attribution import run_all, summary_lines
     from .config import make_config
 
     run = "demo" if preset == "default" else f"demo-{preset}"
     config = make_config("pydocs", str(model_dir), preset)
     df = run_all(ws, run, config, sample_prompts_path(), AttributeArgs(top_k=20, device=dev), device=dev, progress=progress)
-    for qid, g in df[df["direction"] == "helpful"].groupby("query_id", sort=False):
-        first = g.iloc[0]
-        print(f"\n[{qid}] {first['prompt']} -> {first['continuation'].strip()[:60]!r}")
-        for _, r in g.head(5).iterrows():
-            print(f"  {int(r['rank'])}. {r['score']:+.2e}  {r.get('source', '')}: {r.get('object', '') or r['snippet'][:60]}")
+    print("\n".join(summary_lines(df, 5)))
     print(f"\nrun {run!r}: {ws.run_dir(run)} (browse it with `stride app`)")
     return {"model_dir": str(model_dir), "corpus": "pydocs", "run": run}

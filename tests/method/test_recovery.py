@@ -172,3 +172,17 @@ def test_bench_recovery_cli(tmp_path):
     res = json.loads(out.read_text())
     assert res["max_rel_dw"] < 1e-2 and res["planted_found_full"] == res["planted_found_working_set"] == 1.0
     assert res["full_s"] > 0 and res["working_set_s"] > 0
+
+def test_summary_lists_a_prompt_whose_lasso_kept_only_harmful_documents():
+    """The printed digest (demo, `stride attribute`) must not drop a prompt that has no helpful document."""
+    import pandas as pd
+
+    from stride_core.runs.attribution import ranked_rows, summary_lines
+
+    gens = [{"query_id": q, "prompt": f"prompt {q}", "continuation": " more"} for q in ("a", "b")]
+    W = np.array([[0.0, 2.0, -1.0], [0.0, -3.0, -0.5]])  # (Q, N): b has only negative entries
+    df = pd.DataFrame(ranked_rows(gens, W, np.zeros(2), np.array([10, 11, 12]), k=2)).assign(snippet="text")
+    lines = summary_lines(df, 5)
+    assert any(line.startswith("\n[b]") for line in lines)
+    assert "(no document with a positive recovered effect; 2 harmful)" in " ".join(lines)
+    assert sum("doc     11" in line for line in lines) == 1  # a's one helpful document; harmful ones are not printed
