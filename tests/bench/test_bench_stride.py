@@ -41,3 +41,29 @@ def test_stride_plus_lexical_is_the_z_sum_and_reuses_the_same_calls_stride_score
     assert np.allclose(sc["hyb"], zscore_rows(sc["st"]) + zscore_rows(sc["tfidf"]), atol=1e-4)
     z = zscore_rows(np.array([[1.0, 2.0, 3.0], [5.0, 5.0, 5.0]]))
     assert np.allclose(z[0], [-1.2247, 0.0, 1.2247], atol=1e-4) and (z[1] == 0).all()  # a constant row is 0
+
+
+def test_matched_tail_breaks_only_the_lasso_ties():
+    """order_tail_by_matched keeps every non-zero entry as it is and orders the zeros by the matched statistic,
+    strictly between the smallest positive and the largest negative entry of the query."""
+    import numpy as np
+    from types import SimpleNamespace
+
+    from stride_core.audits.selection import matched_scores
+    from stride_core.bench.stride_method import order_tail_by_matched
+    from stride_core.method.subsets import SubsetDesign
+
+    rng = np.random.default_rng(0)
+    design = SubsetDesign.random(np.arange(30), K=12, S=3, seed=1)
+    y = rng.normal(size=(2, 12))
+    W = np.zeros((2, 30))
+    W[0, [3, 7]], W[0, 11] = [0.4, 0.1], -0.2
+    W[1, 5] = 0.05
+    out = order_tail_by_matched(W, y, [SimpleNamespace(design=design)])
+    nz = W != 0
+    assert np.array_equal(out[nz], W[nz])
+    m = matched_scores(y, design.members)
+    for q in range(2):
+        zero = ~nz[q]
+        assert np.abs(out[q, zero]).max() < np.abs(W[q, nz[q]]).min()
+        assert np.array_equal(np.argsort(out[q, zero], kind="stable"), np.argsort(m[q, zero], kind="stable"))
