@@ -296,7 +296,8 @@ def run_one(method: str, model_dir: Path, work: Path, args: CostArgs) -> dict:
     while True:
         hwm = _rss_mb(p.pid, "VmHWM:")
         peak = max(peak or 0.0, hwm) if hwm is not None else peak
-        if recv.poll(1.0):
+        # never wait past the budget: a child that fails fast must not win the race against a budget it overran
+        if recv.poll(max(0.0, min(1.0, args.max_seconds - (time.perf_counter() - t0)))):
             try:
                 result = recv.recv()
             except EOFError:
