@@ -165,7 +165,6 @@ VARIANTS = {
     "stride-product-token-240steps": {"S": 5, "designs": 1, "subset_batch": 250, "steps": 240},  # the default since then
     # the product default with the Lasso's zero entries ordered by the dense matched statistic (order_tail_by_matched)
     "stride-product-tail": {"S": 5, "designs": 1, "subset_batch": 250, "steps": 240, "tail": "matched"},
-    "stride-tail": {"tail": "matched"},
 }
 
 # Hybrids: per query, the z-scored STRIDE scores (over documents) plus the z-scored TF-IDF cosine. Named
