@@ -181,7 +181,7 @@ def _direction_expr(cols: list[str]) -> str:
 
 
 # attributions.parquet columns that are not corpus metadata (stride_core.runs.pipeline PROMPT_USE_COLUMNS, HYBRID_COLUMNS)
-RESULT_ONLY_COLUMNS = ("prompt_used", "truncated", "lexical", "hybrid_z")
+RESULT_ONLY_COLUMNS = ("prompt_used", "truncated", "continuation_given", "lexical", "hybrid_z")
 
 
 def attribution_meta_columns(path: str, version: float) -> list[str]:
@@ -199,9 +199,10 @@ def run_queries(path: str, version: float) -> pd.DataFrame:
     loss = "any_value(query_loss)" if "query_loss" in cols else "NULL"
     used = "any_value(prompt_used)" if "prompt_used" in cols else "NULL"
     cut = "bool_or(truncated)" if "truncated" in cols else "false"
+    given = "bool_or(continuation_given)" if "continuation_given" in cols else "false"
     return _pq_df(Path(path), f"""SELECT CAST(query_id AS VARCHAR) AS query_id, any_value(prompt) AS prompt,
                                         {cont} AS continuation, {loss} AS query_loss,
-                                        {used} AS prompt_used, {cut} AS truncated,
+                                        {used} AS prompt_used, {cut} AS truncated, {given} AS continuation_given,
                                         count(*) AS n_rows, max(score) AS top_score
                                  FROM t GROUP BY query_id ORDER BY query_id""")
 

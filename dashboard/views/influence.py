@@ -63,7 +63,10 @@ with common.guard("the Influence explorer"):
         shown = f"<b>{html.escape(prompt)}</b>"
     common.html_block(f"{shown}<span style='color:#1565c0'>{html.escape(cont)}</span>", max_height=160)
     qloss = by_q.loc[qid, "query_loss"] if "query_loss" in by_q.columns else None
-    st.caption("Bold: the prompt. Blue: the continuation — the text whose loss STRIDE attributes."
+    given = bool(by_q.loc[qid, "continuation_given"]) if "continuation_given" in by_q.columns else False
+    st.caption("Bold: the prompt. Blue: " + ("the completion you gave, scored as written (teacher forcing)"
+                                              if given else "the model's own continuation") +
+               " — the text whose loss STRIDE attributes."
                + (f" The model's loss on it: {float(qloss):.3f} nats." if qloss is not None and qloss == qloss else ""))
     if cut:
         st.warning("This prompt was longer than the run's `max_tokens` (an index setting, `stride index --max-tokens`), "

@@ -166,9 +166,9 @@ with common.guard("the corpus section"):
 prompts: list = []
 with common.guard("the prompts section"):
     st.subheader("3 · Prompts")
-    src = st.radio("Prompts from", ["samples", "type", "upload"], horizontal=True, key="prompt_source",
+    src = st.radio("Prompts from", ["samples", "type", "given", "upload"], horizontal=True, key="prompt_source",
                    format_func=lambda s: {"samples": "Sample prompts", "type": "Type them",
-                                          "upload": "Upload .txt / .jsonl"}[s])
+                                          "given": "Prompt + completion", "upload": "Upload .txt / .jsonl"}[s])
     if src == "samples":
         prompts = jobs.load_prompt_file(jobs.sample_prompts_path("jsonl"))
         st.caption(f"{len(prompts)} sample prompts about the Python standard library (data/sample_prompts.jsonl).")
@@ -176,10 +176,23 @@ with common.guard("the prompts section"):
         text = st.text_area("One prompt per line", key="prompt_text", height=150,
                             placeholder="To serialize a Python dictionary as a JSON string, you can call")
         prompts = jobs.parse_prompts_text(text)
+    elif src == "given":
+        # "Why did the model say X?": X is scored by teacher forcing instead of being generated
+        g1, g2 = st.columns(2)
+        given_prompt = g1.text_area("Prompt", key="given_prompt", height=120,
+                                    placeholder="To serialize a Python dictionary as a JSON string, you can call")
+        given_completion = g2.text_area("Completion to attribute", key="given_completion", height=120,
+                                        placeholder=" json.dumps(obj), which returns a str.",
+                                        help="The text whose loss STRIDE explains, scored after the prompt by teacher "
+                                             "forcing. Leave it empty to attribute the model's own continuation. "
+                                             "Start it with a space if it continues the prompt's last word.")
+        if given_prompt.strip():
+            prompts = [{"prompt": given_prompt.strip(), "prompt_id": "q00", "completion": given_completion}]
     else:
         up = st.file_uploader("Prompt file", type=["txt", "jsonl", "json"], key="prompt_file",
                               help=".txt: one prompt per line. .jsonl: one object per line with a `prompt` (or `text`) "
-                                   "field and optionally `prompt_id`/`id`. .json: a list of such objects.")
+                                   "field and optionally `prompt_id`/`id` and `completion` (the text to attribute "
+                                   "instead of the model's own continuation). .json: a list of such objects.")
         if up is not None:
             try:
                 raw = up.getvalue().decode("utf-8-sig")
@@ -191,10 +204,16 @@ with common.guard("the prompts section"):
             except StrideError as exc:
                 st.error(f"Cannot read {up.name}: {exc}")
     if prompts:
-        preview = [{"prompt": p["prompt"] if isinstance(p, dict) else p} for p in prompts]
+        given = [isinstance(p, dict) and bool(str(p.get("completion") or "").strip()) for p in prompts]
+        preview = [{"prompt": p["prompt"] if isinstance(p, dict) else p,
+                    **({"completion": (p.get("completion") or "") if isinstance(p, dict) else ""} if any(given) else {})}
+                   for p in prompts]
         st.dataframe(preview, hide_index=True, key="prompt_preview", height=min(300, 38 + 35 * len(preview)))
-        st.caption(f"{len(prompts)} prompt(s). For each, the model writes a continuation and STRIDE explains "
-                   "its loss on that continuation.")
+        n_given = sum(given)
+        st.caption(f"{len(prompts)} prompt(s). " + (
+            "For each, the model writes a continuation and STRIDE explains its loss on it." if not n_given else
+            f"{n_given} with a given completion, which STRIDE explains as written (teacher forcing); "
+            f"{len(prompts) - n_given} continued by the model."))
     else:
         st.warning("The prompt list is empty: type, upload or pick at least one prompt.")
         problems.append("no prompts")

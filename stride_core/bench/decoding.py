@@ -2,7 +2,8 @@
 
 An indexed run's model continues the prompts (default: the checkout's sample prompts) under each
 `--contrast` strength of context-aware decoding (`AttributeArgs.contrast`, 0 = the plain greedy decoding
-with the repetition settings). For each strength we report, with a TF-IDF space fitted on the run's corpus:
+with the repetition settings), and once more at strength 0 with the repetition penalty on the prompt's tokens
+too (transformers' rule, `penalise_prompt`; the product's rule spares them). For each setting we report, with a TF-IDF space fitted on the run's corpus:
   on-prompt     mean cosine between a continuation and its own prompt;
   specificity   on-prompt minus the mean cosine with the other prompts (0: the text would fit any prompt);
   cross-sim     mean cosine between the continuations of two different prompts (generic text scores high);
@@ -82,12 +83,12 @@ def run_decoding_bench(ws, run: str, out: str | Path, prompts_path=None, contras
     prompts = read_prompts(prompts_path or sample_prompts_path("jsonl"))
     texts = load_documents(ws, config.corpus, ["text"], shards=config.shards)["text"].astype(str).tolist()
     results, conts = {}, {}
-    for c in contrasts:
+    settings = [(f"{c:g}", float(c), False) for c in contrasts] + [("0, prompt penalised", 0.0, True)]
+    for key, c, penalise_prompt in settings:
         t0 = time.perf_counter()
         gens = generate(task, [{"query_id": p["query_id"], "prompt": p["prompt"]} for p in prompts],
-                        AttributeArgs(max_new_tokens=max_new_tokens, contrast=float(c), device=device))
+                        AttributeArgs(max_new_tokens=max_new_tokens, contrast=c, penalise_prompt=penalise_prompt, device=device))
         secs = time.perf_counter() - t0
-        key = f"{c:g}"
         conts[key] = [g["continuation"] for g in gens]
         results[key] = {**continuation_metrics([g["prompt"] for g in gens], conts[key], texts),
                         "nll": continuation_nll(task, gens), "seconds": round(secs, 2)}
@@ -102,9 +103,9 @@ def run_decoding_bench(ws, run: str, out: str | Path, prompts_path=None, contras
         lines.append("| " + " | ".join(s.replace("|", "\\|").replace("\n", " ") for s in cells) + " |")
     (out / "continuations.md").write_text("\n".join(lines) + "\n")
     print(f"decoding bench: run {run!r} ({config.model}), {len(prompts)} prompts, {max_new_tokens} new tokens")
-    print(f"{'contrast':>8s} {'on-prompt':>10s} {'specificity':>12s} {'cross-sim':>10s} {'distinct-2':>11s} {'nll':>7s} {'s':>7s}")
+    print(f"{'contrast':>20s} {'on-prompt':>10s} {'specificity':>12s} {'cross-sim':>10s} {'distinct-2':>11s} {'nll':>7s} {'s':>7s}")
     for k, r in results.items():
-        print(f"{k:>8s} {r['on_prompt']:10.3f} {r['specificity']:12.3f} {r['cross_sim']:10.3f} {r['distinct2']:11.3f} "
+        print(f"{k:>20s} {r['on_prompt']:10.3f} {r['specificity']:12.3f} {r['cross_sim']:10.3f} {r['distinct2']:11.3f} "
               f"{r['nll']:7.3f} {r['seconds']:7.1f}")
     print(f"continuations: {out / 'continuations.md'}")
     return summary

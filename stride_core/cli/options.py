@@ -53,7 +53,7 @@ def attribute_args_from(args):
     return AttributeArgs(top_k=args.top_k, max_new_tokens=args.max_new_tokens, alpha=alpha, positive=args.positive, device=args.device,
                          lambda_rule=args.lambda_rule, ranking=args.ranking, repetition_penalty=args.repetition_penalty,
                          no_repeat_ngram_size=args.no_repeat_ngram_size, contrast=args.contrast, loss_on=args.loss_on,
-                         method=getattr(args, "method", "stride"))
+                         penalise_prompt=getattr(args, "penalise_prompt", False), method=getattr(args, "method", "stride"))
 
 
 def prompts_from_args(args):
@@ -132,7 +132,10 @@ def add_attribute_args(x, with_device=True):
                    help="stride (default): documents ranked by STRIDE's recovered influence; stride+lexical: a hybrid, helpful "
                         "documents ranked by z(STRIDE) + z(TF-IDF cosine with the text), STRIDE's own score kept beside it")
     x.add_argument("--repetition-penalty", dest="repetition_penalty", type=float, default=1.3,
-                   help="greedy decoding's repetition penalty (1 = off)")
+                   help="greedy decoding's repetition penalty on the continuation's own tokens (1 = off)")
+    x.add_argument("--penalise-prompt", dest="penalise_prompt", action="store_true",
+                   help="apply the repetition penalty to the prompt's tokens too (transformers' rule; it steers the "
+                        "continuation away from the prompt's topic words)")
     x.add_argument("--no-repeat-ngram", dest="no_repeat_ngram_size", type=int, default=3,
                    help="greedy decoding never repeats an n-gram of this length (0 = off)")
     x.add_argument("--contrast", type=float, default=AttributeArgs.contrast,

@@ -28,7 +28,8 @@ ATTRIBUTION_COLUMNS = ["query_id", "prompt", "continuation", "direction", "rank"
 
 
 # Parquet-only columns: the prompt text actually scored (after cutting to max_tokens) and whether it was cut.
-PROMPT_USE_COLUMNS = ["prompt_used", "truncated"]
+# continuation_given: the continuation is a completion the user gave (teacher forcing), not the model's own text
+PROMPT_USE_COLUMNS = ["prompt_used", "truncated", "continuation_given"]
 
 
 # Parquet-only columns of a stride+lexical ranking: the TF-IDF cosine and the z-sum the helpful rows are ranked by
@@ -72,7 +73,8 @@ class OpenRun:
 
         key = {"n": args.n_reference_queries, "seed": self.config.subsets.seed, "prompt_tokens": REFERENCE_PROMPT_TOKENS,
                "max_new_tokens": args.max_new_tokens, "repetition_penalty": args.repetition_penalty,
-               "no_repeat_ngram_size": args.no_repeat_ngram_size, "contrast": args.contrast, "center": args.center, "loss_on": args.loss_on}
+               "no_repeat_ngram_size": args.no_repeat_ngram_size, "contrast": args.contrast, "center": args.center, "loss_on": args.loss_on,
+               "penalise_prompt": args.penalise_prompt}
         path = self.rdir / GENERIC_FILE
         found = GenericComponent.load(path, key)
         if found is not None:
@@ -255,7 +257,8 @@ def ranked_rows(gens: list[dict], W: np.ndarray, base: np.ndarray, doc_ids, k: i
             for rank, j in enumerate(idx, 1):
                 row = {"query_id": g["query_id"], "prompt": g["prompt"], "continuation": g["continuation"], "direction": direction,
                        "rank": rank, "doc_id": int(doc_ids[j]), "score": float(W[qi, j]), "query_loss": float(base[qi]),
-                       "prompt_used": g.get("prompt_used", g["prompt"]), "truncated": bool(g.get("truncated", False))}
+                       "prompt_used": g.get("prompt_used", g["prompt"]), "truncated": bool(g.get("truncated", False)),
+                       "continuation_given": g.get("completion") is not None}
                 if hybrid is not None:
                     row.update(lexical=float(lexical[qi, j]), hybrid_z=float(hybrid[qi, j]))
                 rows.append(row)

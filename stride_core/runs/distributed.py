@@ -261,7 +261,8 @@ def _attribute(ws, run: str, prompts, comm: Comm, args, out, progress: bool, dar
                 for rank, j in enumerate(idx, 1):
                     rows.append({"query_id": g["query_id"], "prompt": g["prompt"], "continuation": g["continuation"],
                                  "direction": direction, "rank": rank, "doc_id": int(doc_ids[j]), "score": float(scores[int(j)]),
-                                 "query_loss": float(b), "prompt_used": g["prompt_used"], "truncated": g["truncated"]})
+                                 "query_loss": float(b), "prompt_used": g["prompt_used"], "truncated": g["truncated"],
+                                 "continuation_given": g.get("completion") is not None})
         gathered = comm.all_gather_object((rows, y))
         if not main:
             return None

@@ -84,6 +84,24 @@ class PromptContrast:
         return out.masked_fill(implausible, float("-inf")).to(scores.dtype)
 
 
+class ContinuationRepetitionPenalty:
+    """A logits processor for `generate`: the CTRL repetition penalty (a positive score divided by `penalty`, a
+    negative one multiplied) on the tokens generated so far only. transformers' `repetition_penalty` also
+    penalises every prompt token, which steers a small model away from the words that make its text about the
+    prompt: with it, the demo's continuations were no closer to their own prompt than to the others."""
+
+    def __init__(self, prompt_len: int, penalty: float):
+        self.prompt_len, self.penalty = int(prompt_len), float(penalty)
+
+    def __call__(self, input_ids, scores):
+        so_far = input_ids[:, self.prompt_len:]  # [B, t] tokens generated so far
+        if so_far.shape[1] == 0 or self.penalty == 1.0:
+            return scores
+        picked = scores.gather(1, so_far)  # [B, t]; a token seen twice gets the same value twice (penalised once)
+        picked = picked.where(picked < 0, picked / self.penalty).where(picked >= 0, picked * self.penalty)
+        return scores.scatter(1, so_far, picked)
+
+
 def generate(task, prompts: list[dict], args: AttributeArgs | int) -> list[dict]:
     """Each prompt with its token ids and the continuation to attribute: the prompt's `completion` when it
     has one (teacher forcing: "why did the model say X?"), else the model's greedy continuation with the
@@ -125,15 +143,10 @@ def generate(task, prompts: list[dict], args: AttributeArgs | int) -> list[dict]
             if args.max_new_tokens > 0:
                 with torch.no_grad():
                     inp = torch.tensor([[task.bos, *ids]], device=task.device)
-                    extra = {}
-                    if args.contrast > 0:
-                        from transformers import LogitsProcessorList
-
-                        extra["logits_processor"] = LogitsProcessorList([PromptContrast(model, task.bos, inp.shape[1], args.contrast)])
                     gen = model.generate(inp, attention_mask=torch.ones_like(inp), max_new_tokens=args.max_new_tokens,
-                                         do_sample=False, repetition_penalty=args.repetition_penalty,
-                                         no_repeat_ngram_size=args.no_repeat_ngram_size,
-                                         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, **extra)
+                                         do_sample=False, no_repeat_ngram_size=args.no_repeat_ngram_size,
+                                         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                                         **_decoding_rules(task, inp.shape[1], args))
                 cont = gen[0, inp.shape[1]:].tolist()
                 if tok.eos_token_id in cont:
                     cont = cont[: cont.index(tok.eos_token_id)]
@@ -149,6 +162,20 @@ def generate(task, prompts: list[dict], args: AttributeArgs | int) -> list[dict]
         logger.warning("%d completion(s) truncated to their first %d tokens (the run's max_tokens=%d): %s", len(cut_completion),
                        limit - 1, limit, ", ".join(map(str, cut_completion[:20])))
     return out
+
+
+def _decoding_rules(task, prompt_len: int, args: AttributeArgs) -> dict:
+    """`generate` keywords for the repetition penalty (on the continuation only, unless `penalise_prompt`) and the
+    prompt contrast; the penalty acts first, so the contrast re-ranks penalised scores."""
+    from transformers import LogitsProcessorList
+
+    if args.penalise_prompt:
+        extra, procs = {"repetition_penalty": args.repetition_penalty}, []
+    else:
+        extra, procs = {}, [ContinuationRepetitionPenalty(prompt_len, args.repetition_penalty)]
+    if args.contrast > 0:
+        procs.append(PromptContrast(task.model, task.bos, prompt_len, args.contrast))
+    return {**extra, "logits_processor": LogitsProcessorList(procs)} if procs else extra
 
 
 def query_items(gens: list[dict], loss_on: str = "all") -> list[tuple[list[int], int]]:

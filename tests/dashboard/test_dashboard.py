@@ -147,6 +147,26 @@ def test_start_button_launches_a_job_and_opens_runs(populated, tmp_path, monkeyp
     assert jobs.run_info(ws, "from-ui")["state"] == "done"
 
 
+def test_given_completion_travels_from_the_setup_page_to_the_job(populated, tmp_path, monkeypatch):
+    """"Why did the model say X?": the Prompt + completion boxes put X into the job's prompts file as the
+    completion to attribute; a blank completion box means the model continues the prompt."""
+    ws, _ = populated
+    monkeypatch.setattr(jobs.launch, "run_command", fake_command("done"))
+    at = open_page("views/setup.py")
+    at.radio(key="model_kind").set_value("builtin").run()
+    at.radio(key="prompt_source").set_value("given").run()
+    assert "prompt list is empty" in texts(at.warning)
+    at.text_area(key="given_prompt").input("The csv module reads rows").run()
+    assert "continued by the model" not in texts(at.caption)  # no completion yet: the model continues
+    at.text_area(key="given_completion").input(" from a comma-separated file.").run()
+    assert "1 with a given completion" in texts(at.caption)
+    at.text_input(key="run_name").input("given-ui").run()
+    by_label(at.button, "Start run").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    recs = [json.loads(line) for line in (ws.run_dir("given-ui") / jobs.PROMPTS_FILE).read_text().splitlines()]
+    assert recs == [{"prompt_id": "q00", "prompt": "The csv module reads rows", "completion": " from a comma-separated file."}]
+
+
 def test_runs_page_history_failed_and_cancel(populated):
     ws, proc = populated
     at = open_page("views/runs.py")

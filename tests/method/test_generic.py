@@ -109,8 +109,10 @@ def test_given_completion_is_attributed_by_teacher_forcing(run, tmp_path):
     assert read_prompts(p)[0]["completion"] == " encodes objects as strings."
     df = attribute(ws, "g1", p, AttributeArgs(**ARGS), progress=False)
     assert set(df["continuation"]) == {" encodes objects as strings."}
+    assert df["continuation_given"].all()  # the dashboard says whose text it is
     gen = attribute(ws, "g1", [{"query_id": "c", "prompt": "The json module"}], AttributeArgs(**ARGS), progress=False)
     assert gen["continuation"].iloc[0] != " encodes objects as strings."
+    assert not gen["continuation_given"].any()
     # teacher forcing scores exactly the completion's tokens, after the prompt's
     from stride_core.runs.pipeline import open_run
     from stride_core.runs.prompts import generate, query_items

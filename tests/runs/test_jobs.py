@@ -52,6 +52,14 @@ def test_parse_prompts():
     samples = jobs.load_prompt_file(jobs.sample_prompts_path("jsonl"))
     assert len(samples) >= 10 and all(s["prompt"] for s in samples)
     assert len(jobs.load_prompt_file(jobs.sample_prompts_path("txt"))) == len(samples)
+    # a completion (the text to attribute by teacher forcing) is kept from an upload and by normalising;
+    # a blank one means "let the model continue", a non-string one is refused
+    up = jobs.parse_prompt_upload('{"prompt": "p", "completion": " x y"}\n{"prompt": "q"}\n', "p.jsonl")
+    assert up == [{"prompt": "p", "prompt_id": "q000", "completion": " x y"}, {"prompt": "q", "prompt_id": "q001"}]
+    norm = jobs.normalise_prompts([*up, {"prompt": "r", "completion": "  "}])
+    assert [r.get("completion") for r in norm] == [" x y", None, None]
+    with pytest.raises(InputError, match="'completion' must be a string"):
+        jobs.normalise_prompts([{"prompt": "r", "completion": 3}])
 
 
 def test_run_command_shape(ws):

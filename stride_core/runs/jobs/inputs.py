@@ -20,24 +20,34 @@ def parse_prompts_text(text: str) -> list[str]:
 
 def parse_prompt_upload(raw: str, filename: str) -> list[dict]:
     """An uploaded prompts file's content (.txt, .jsonl or .json by `filename`, read as `stride run
-    --prompts` reads a file) -> [{"prompt", "prompt_id"}]."""
+    --prompts` reads a file) -> [{"prompt", "prompt_id"[, "completion"]}]."""
     from ...store.items import file_kind
     from ..prompts import parse_prompts
 
     kind = file_kind(filename)
     suffix = kind if kind in (".jsonl", ".json") else ".txt"
-    return [{"prompt": r["prompt"].strip(), "prompt_id": r["query_id"]} for r in parse_prompts(raw, suffix, filename)]
+    return [_record(r) for r in parse_prompts(raw, suffix, filename)]
 
 
 def load_prompt_file(path: str | Path) -> list[dict]:
-    """Prompts from a .txt, .jsonl or .json file (`pipeline.read_prompts`) -> [{"prompt", "prompt_id"}]."""
+    """Prompts from a .txt, .jsonl or .json file (`pipeline.read_prompts`) -> [{"prompt", "prompt_id"[, "completion"]}]."""
     from ..prompts import read_prompts
 
-    return [{"prompt": r["prompt"].strip(), "prompt_id": r["query_id"]} for r in read_prompts(path)]
+    return [_record(r) for r in read_prompts(path)]
+
+
+def _record(r: dict) -> dict:
+    """A `read_prompts` record as a job's prompt: its completion (the text to attribute) travels with it."""
+    rec = {"prompt": r["prompt"].strip(), "prompt_id": r["query_id"]}
+    if r.get("completion") is not None:
+        rec["completion"] = r["completion"]
+    return rec
 
 
 def normalise_prompts(prompts) -> list[dict]:
-    """Strings or {"prompt", "prompt_id"?} dicts -> [{"prompt_id", "prompt"}] with unique ids."""
+    """Strings or {"prompt", "prompt_id"?, "completion"?} dicts -> [{"prompt_id", "prompt"[, "completion"]}] with
+    unique ids. A completion is the text to attribute under teacher forcing instead of the model's own
+    continuation; an empty one (e.g. a blank completion box) means "let the model continue"."""
     recs = []
     for i, p in enumerate(prompts):
         if isinstance(p, str):
@@ -47,6 +57,11 @@ def normalise_prompts(prompts) -> list[dict]:
         else:
             raise InputError(f"prompt {i + 1} is neither a string nor an object with a 'prompt' string")
         rec["prompt"] = rec["prompt"].strip()
+        completion = rec.pop("completion", None)
+        if completion is not None and not isinstance(completion, str):
+            raise InputError(f"prompt {i + 1}: 'completion' must be a string (the text to attribute), not {type(completion).__name__}")
+        if completion is not None and completion.strip():
+            rec["completion"] = completion
         if not rec["prompt"]:
             continue
         recs.append(rec)
@@ -62,5 +77,5 @@ def normalise_prompts(prompts) -> list[dict]:
         if pid in seen:
             pid = f"{pid}-{i}"
         seen.add(pid)
-        out.append({"prompt_id": pid, "prompt": rec["prompt"]})
+        out.append({"prompt_id": pid, "prompt": rec["prompt"], **({"completion": rec["completion"]} if "completion" in rec else {})})
     return out
