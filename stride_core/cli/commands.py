@@ -87,7 +87,7 @@ def cmd_model_train_tiny(args):
     if args.max_docs is not None:
         targs = TinyModelArgs(**{**targs.__dict__, "max_docs": None if args.max_docs == 0 else args.max_docs})
     m = train_tiny(ws_from_args(args), args.corpus, args.out, targs, progress=not args.no_progress, device=resolve_device(args.device))
-    print(f"saved model to {args.out}: {m['n_params']} parameters, {m['train_tokens']} training tokens, "
+    print(f"saved model to {args.out}: {targs.family}, {m['n_params']} parameters, {m['train_tokens']} training tokens, "
           f"{m['seconds']:.0f}s")
     used = (f"all {m['n_used_docs']} documents" if m["n_used_docs"] == m["n_corpus_docs"] else
             f"the first {m['n_used_docs']} of {m['n_corpus_docs']} documents (preset {args.preset!r} caps it for speed; "
@@ -214,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     # model
     pm = sub.add_parser("model", help="train the built-in tiny model, check a model folder", parents=[common])
     sm = pm.add_subparsers(dest="model_command", metavar="ACTION", required=True)
-    x = sm.add_parser("train-tiny", help="train a BPE tokenizer + small GPT-2 on a corpus (HF format)", parents=[common])
+    x = sm.add_parser("train-tiny", help="train a BPE tokenizer + small causal LM (default: Llama, ci: GPT-2) on a corpus (HF format)", parents=[common])
     x.add_argument("--corpus", required=True)
     x.add_argument("--out", required=True)
     x.add_argument("--preset", choices=["ci", "default"], default="default")
