@@ -334,6 +334,7 @@ def test_influence_page_generic_view_and_truncated_prompt(populated):
     df = attributions_frame()
     df["prompt_used"] = df["prompt"].str[-12:]
     df["truncated"] = df["query_id"] == "q00"
+    df["continuation_given"] = df["query_id"] == "q01"
     df.to_parquet(d / "attributions.parquet", index=False)
     pd.DataFrame({"direction": ["helpful", "harmful"], "rank": [1, 1], "doc_id": [7, 8], "score": [0.5, -0.2],
                   "snippet": ["generic helper", "generic harm"]}).to_parquet(d / "generic.parquet", index=False)
@@ -345,8 +346,10 @@ def test_influence_page_generic_view_and_truncated_prompt(populated):
     gen = [x.value for x in at.dataframe if "snippet" in x.value.columns and "generic helper" in set(x.value["snippet"])]
     assert gen and list(gen[0]["doc_id"]) == [7, 8]
     assert "line-through" in texts(at.markdown) and "max_tokens" in texts(at.warning)
+    assert "the model's own continuation" in texts(at.caption)
     by_label(at.selectbox, "Prompt").set_value("q01").run()  # not truncated: no warning
     assert "max_tokens" not in texts(at.warning)
+    assert "the completion you gave" in texts(at.caption)  # a given completion is labelled as such
 
 
 PASTE = ("First copied document, line one\nline two of the same document\n\n"
