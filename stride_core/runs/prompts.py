@@ -85,21 +85,21 @@ class PromptContrast:
 
 
 class ContinuationRepetitionPenalty:
-    """A logits processor for `generate`: the CTRL repetition penalty (a positive score divided by `penalty`, a
-    negative one multiplied) on the tokens generated so far only. transformers' `repetition_penalty` also
-    penalises every prompt token, which steers a small model away from the words that make its text about the
-    prompt: with it, the demo's continuations were no closer to their own prompt than to the others."""
+    """A logits processor for `generate`: transformers' own repetition penalty (CTRL: a positive score divided by
+    `penalty`, a negative one multiplied) applied to the tokens from position `prompt_len` on. With `prompt_len`
+    past the prompt only the continuation's tokens are penalised: transformers' `repetition_penalty` also penalises
+    every prompt token, which steers a small model away from the words that make its text about the prompt (with
+    it, the demo's continuations were no closer to their own prompt than to the others); `prompt_len` 0 is
+    transformers' rule. (transformers >= 5 has `prompt_ignore_length` for this; the project allows 4.44.)"""
 
     def __init__(self, prompt_len: int, penalty: float):
-        self.prompt_len, self.penalty = int(prompt_len), float(penalty)
+        from transformers import RepetitionPenaltyLogitsProcessor
+
+        self.prompt_len, self.rule = int(prompt_len), RepetitionPenaltyLogitsProcessor(float(penalty))
 
     def __call__(self, input_ids, scores):
-        so_far = input_ids[:, self.prompt_len:]  # [B, t] tokens generated so far
-        if so_far.shape[1] == 0 or self.penalty == 1.0:
-            return scores
-        picked = scores.gather(1, so_far)  # [B, t]; a token seen twice gets the same value twice (penalised once)
-        picked = picked.where(picked < 0, picked / self.penalty).where(picked >= 0, picked * self.penalty)
-        return scores.scatter(1, so_far, picked)
+        so_far = input_ids[:, self.prompt_len:]  # [B, t] the tokens the penalty counts
+        return self.rule(so_far, scores) if so_far.shape[1] else scores
 
 
 def generate(task, prompts: list[dict], args: AttributeArgs | int) -> list[dict]:
@@ -146,7 +146,7 @@ def generate(task, prompts: list[dict], args: AttributeArgs | int) -> list[dict]
                     gen = model.generate(inp, attention_mask=torch.ones_like(inp), max_new_tokens=args.max_new_tokens,
                                          do_sample=False, no_repeat_ngram_size=args.no_repeat_ngram_size,
                                          pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                                         **_decoding_rules(task, inp.shape[1], args))
+                                         logits_processor=_decoding_processors(task, inp.shape[1], args))
                 cont = gen[0, inp.shape[1]:].tolist()
                 if tok.eos_token_id in cont:
                     cont = cont[: cont.index(tok.eos_token_id)]
@@ -164,18 +164,15 @@ def generate(task, prompts: list[dict], args: AttributeArgs | int) -> list[dict]
     return out
 
 
-def _decoding_rules(task, prompt_len: int, args: AttributeArgs) -> dict:
-    """`generate` keywords for the repetition penalty (on the continuation only, unless `penalise_prompt`) and the
-    prompt contrast; the penalty acts first, so the contrast re-ranks penalised scores."""
+def _decoding_processors(task, prompt_len: int, args: AttributeArgs):
+    """`generate`'s logits processors: the repetition penalty (on the continuation only, unless `penalise_prompt`),
+    then the prompt contrast, which so re-ranks penalised scores."""
     from transformers import LogitsProcessorList
 
-    if args.penalise_prompt:
-        extra, procs = {"repetition_penalty": args.repetition_penalty}, []
-    else:
-        extra, procs = {}, [ContinuationRepetitionPenalty(prompt_len, args.repetition_penalty)]
+    procs = [ContinuationRepetitionPenalty(0 if args.penalise_prompt else prompt_len, args.repetition_penalty)]
     if args.contrast > 0:
         procs.append(PromptContrast(task.model, task.bos, prompt_len, args.contrast))
-    return {**extra, "logits_processor": LogitsProcessorList(procs)} if procs else extra
+    return LogitsProcessorList(procs)
 
 
 def query_items(gens: list[dict], loss_on: str = "all") -> list[tuple[list[int], int]]:
